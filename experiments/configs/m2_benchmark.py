@@ -1,0 +1,35 @@
+r"""Kingma et al.'s M2 benchmark: balanced labels over all ten digits.
+
+  untapped-train --config experiments/configs/m2_benchmark.py:labels=100 --workdir runs/m2_100
+
+Arguments (comma separated): labels=100|600|1000|3000 (total, balanced over 0-9);
+runlocal shrinks the run to seconds for smoke checks and tests.
+"""
+
+from untapped_jax.configs import default
+from untapped_jax.configs import parse_arg
+
+LABELS = (100, 600, 1000, 3000)
+
+
+def get_config(arg=None):
+  args = parse_arg(arg, labels=100, runlocal=False)
+  if args["labels"] not in LABELS:
+    raise ValueError(f"labels={args['labels']!r}; expected one of {LABELS}.")
+  c = default.get_config()
+  c.data.labeled_per_class = args["labels"] // 10
+  if args["runlocal"]:
+    c.data.max_unlabeled = 2000
+    c.data.num_validation = 1000
+    c.train.num_steps = 20
+    c.train.log_every = 10
+    c.train.eval_every = 20
+    c.train.checkpoint_every = 0
+    c.train.progress_bar = False
+  return c
+
+
+def get_hyper(hyper):
+  """The benchmark's sweep, big_vision style: every label count."""
+  return hyper.product([hyper.sweep("config.data.labeled_per_class",
+                                    [n // 10 for n in LABELS])])

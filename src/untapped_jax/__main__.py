@@ -1,0 +1,3 @@
+from untapped_jax.main import run
+
+run()

@@ -1,0 +1,1 @@
+"""Per-example bounds. Each takes one example and is batched with jax.vmap."""

@@ -1,0 +1,50 @@
+"""Default config: M2 on MNIST with 100 labels, Kingma et al.'s architecture."""
+
+import os
+
+import ml_collections
+
+DIGITS = tuple(range(10))
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model_name = "m2"  # 'm2' | 'untapped'
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "auto"  # 'auto' | 'folder' | 'tfds'
+  c.data.dir = os.environ.get("UNTAPPED_DATA_DIR", "")
+  c.data.tfds_data_dir = ""
+  c.data.num_validation = 10000
+  c.data.labeled_classes = DIGITS
+  c.data.labeled_per_class = 10
+  c.data.unlabeled_classes = DIGITS
+  c.data.max_unlabeled = -1  # -1: every remaining image
+  c.data.label_only_classes = DIGITS
+  c.data.max_label_only = -1
+  c.data.binarization = "dynamic"  # 'dynamic' | 'static' | 'none'
+  c.data.labeled_batch_size = 100
+  c.data.unlabeled_batch_size = 100
+  c.data.label_only_batch_size = 100
+
+  c.model = ml_collections.ConfigDict()
+  c.model.num_pixels = 784
+  c.model.num_classes = 10
+  c.model.latent_dim = 50
+  c.model.hidden = (500,)
+  c.model.activation = "softplus"
+
+  c.objective = ml_collections.ConfigDict()
+  c.objective.classification_weight = 0.1  # alpha = 0.1 * N / N_labeled per labeled example
+  c.objective.num_samples = 1  # z draws per ELBO
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 50000
+  c.train.learning_rate = 3e-4
+  c.train.log_every = 100
+  c.train.eval_every = 1000
+  c.train.eval_batch_size = 1000
+  c.train.checkpoint_every = 5000  # 0: no checkpoints
+  c.train.progress_bar = True
+  return c

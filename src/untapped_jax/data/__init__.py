@@ -1,0 +1,1 @@
+"""MNIST readers, class-subset splits and the three training streams."""

@@ -1,0 +1,102 @@
+"""Class-subset splits of MNIST, deterministic in the seed.
+
+Order of carving (so that changing one size never reshuffles the others' pools):
+  1. `num_validation` images held out of the 60k training images;
+  2. `labeled_per_class` images of each class in `labeled_classes`;
+  3. the unlabeled set: the remaining training images of `unlabeled_classes`,
+     optionally capped at `max_unlabeled`;
+  4. label-only labels: labels (no images) of the remaining training images of
+     `label_only_classes`, so they follow MNIST's class frequencies, capped at
+     `max_label_only`.
+The labeled and unlabeled sets never share an image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from absl import logging
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """images uint8 [N, 784] (None for label-only data) and labels int32 [N]."""
+  images: np.ndarray | None
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def class_counts(self, num_classes: int = 10) -> list[int]:
+    return np.bincount(self.labels, minlength=num_classes).tolist()
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  labeled: Split
+  unlabeled: Split  # labels kept for diagnostics only; training never reads them
+  label_only: Split
+  validation: Split
+  test: Split
+
+  def sizes(self) -> dict[str, int]:
+    return {f.name: len(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _check_classes(name: str, classes: Sequence[int]) -> tuple[int, ...]:
+  classes = tuple(int(c) for c in classes)
+  bad = [c for c in classes if not 0 <= c <= 9]
+  if not classes or bad or len(set(classes)) != len(classes):
+    raise ValueError(f"data.{name}={classes}: expected distinct digits in 0-9, at least one.")
+  return classes
+
+
+def _cap(indices: np.ndarray, cap: int) -> np.ndarray:
+  return indices if cap is None or cap < 0 else indices[:cap]
+
+
+def make_splits(mnist: dict[str, np.ndarray], config: Any, *, seed: int) -> Splits:
+  """Carves the splits named by `config` (the `data` ConfigDict) out of `mnist`."""
+  labels = mnist["train_labels"].astype(np.int32)
+  images = mnist["train_images"]
+  num_validation = int(config.num_validation)
+  if not 0 <= num_validation < len(labels):
+    raise ValueError(f"data.num_validation={num_validation}: expected 0 <= n < {len(labels)}.")
+  labeled_classes = _check_classes("labeled_classes", config.labeled_classes)
+  unlabeled_classes = _check_classes("unlabeled_classes", config.unlabeled_classes)
+  label_only_classes = _check_classes("label_only_classes", config.label_only_classes)
+  per_class = int(config.labeled_per_class)
+  if per_class < 1:
+    raise ValueError(f"data.labeled_per_class={per_class}: expected a positive integer.")
+
+  rng = np.random.default_rng(seed)
+  order = rng.permutation(len(labels))
+  validation, pool = order[:num_validation], order[num_validation:]
+
+  labeled = []
+  for c in labeled_classes:
+    of_class = pool[labels[pool] == c]
+    if len(of_class) < per_class:
+      raise ValueError(f"data.labeled_per_class={per_class}: digit {c} has only "
+                       f"{len(of_class)} training images left after validation.")
+    labeled.append(of_class[:per_class])
+  labeled = np.sort(np.concatenate(labeled))
+  rest = pool[~np.isin(pool, labeled)]
+
+  unlabeled = _cap(rest[np.isin(labels[rest], unlabeled_classes)], config.max_unlabeled)
+  label_only = _cap(rest[np.isin(labels[rest], label_only_classes)], config.max_label_only)
+
+  def take(idx, with_images=True):
+    return Split(images[idx] if with_images else None, labels[idx])
+
+  splits = Splits(
+      labeled=take(labeled), unlabeled=take(unlabeled),
+      label_only=take(label_only, with_images=False), validation=take(validation),
+      test=Split(mnist["test_images"], mnist["test_labels"].astype(np.int32)))
+  for f in dataclasses.fields(splits):
+    split = getattr(splits, f.name)
+    logging.info("split %-10s %6d examples, class counts %s", f.name, len(split),
+                 split.class_counts())
+  return splits

@@ -1,0 +1,96 @@
+"""The three cycling training streams and image binarisation.
+
+A stream's batch at step t is a pure function of (data, seed, t): example i of
+the stream's infinite sequence is permutation_e[i mod N] with e = i // N and
+permutation_e drawn from (seed, stream id, e). So the stream position *is* the
+train step, and a restored state resumes exactly, with no iterator to save.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+STREAMS = ("labeled", "unlabeled", "label_only")
+BINARIZATIONS = ("dynamic", "static", "none")
+
+
+class CyclingStream:
+  """Batches of `arrays` (dict of [N, ...] NumPy arrays), reshuffled every epoch."""
+
+  def __init__(self, arrays: dict[str, np.ndarray], *, batch_size: int, seed: int,
+               stream_id: int):
+    sizes = {len(a) for a in arrays.values()}
+    if len(sizes) != 1 or 0 in sizes:
+      raise ValueError(f"stream {stream_id}: arrays must share one non-zero length, got "
+                       f"{ {k: len(a) for k, a in arrays.items()} }.")
+    if batch_size < 1:
+      raise ValueError(f"batch_size={batch_size}: expected a positive integer.")
+    self.arrays, self.batch_size = arrays, batch_size
+    self.size = sizes.pop()
+    self._seed, self._stream_id = seed, stream_id
+
+  @functools.lru_cache(maxsize=4)
+  def _permutation(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng((self._seed, self._stream_id, epoch)).permutation(self.size)
+
+  def indices_at(self, step: int) -> np.ndarray:
+    """Dataset indices of the batch at `step`, int64 [batch_size]."""
+    flat = step * self.batch_size + np.arange(self.batch_size)
+    epochs, offsets = np.divmod(flat, self.size)
+    out = np.empty(self.batch_size, np.int64)
+    for e in np.unique(epochs):
+      mask = epochs == e
+      out[mask] = self._permutation(int(e))[offsets[mask]]
+    return out
+
+  def batch_at(self, step: int) -> dict[str, np.ndarray]:
+    idx = self.indices_at(step)
+    return {k: a[idx] for k, a in self.arrays.items()}
+
+  def epochs_at(self, step: int) -> float:
+    return step * self.batch_size / self.size
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  return np.eye(num_classes, dtype=np.float32)[labels]
+
+
+def make_streams(splits, config, *, seed: int) -> dict[str, CyclingStream]:
+  """One stream per training set; images stay uint8 (binarised on the device)."""
+  data = config.data
+  k = config.model.num_classes
+  return {
+      "labeled": CyclingStream(
+          {"x": splits.labeled.images, "y": one_hot(splits.labeled.labels, k)},
+          batch_size=data.labeled_batch_size, seed=seed, stream_id=0),
+      "unlabeled": CyclingStream(
+          {"x": splits.unlabeled.images}, batch_size=data.unlabeled_batch_size,
+          seed=seed, stream_id=1),
+      "label_only": CyclingStream(
+          {"y": one_hot(splits.label_only.labels, k)},
+          batch_size=data.label_only_batch_size, seed=seed, stream_id=2),
+  }
+
+
+def batch_at(streams: dict[str, CyclingStream], step: int) -> dict[str, dict[str, np.ndarray]]:
+  return {name: stream.batch_at(step) for name, stream in streams.items()}
+
+
+def binarize(images: jax.Array, rng: jax.Array, *, mode: str) -> jax.Array:
+  """uint8 [..., 784] -> float32 in {0,1} ('dynamic', 'static') or [0,1] ('none').
+
+  'dynamic' draws each pixel ~ Bernoulli(intensity) afresh from `rng`;
+  'static' thresholds at 0.5.
+  """
+  x = images.astype(jnp.float32) / 255.0
+  if mode == "dynamic":
+    return jax.random.bernoulli(rng, x).astype(jnp.float32)
+  if mode == "static":
+    return (x > 0.5).astype(jnp.float32)
+  if mode == "none":
+    return x
+  raise ValueError(f"data.binarization={mode!r}; expected one of {BINARIZATIONS}.")

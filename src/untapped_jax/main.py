@@ -1,0 +1,29 @@
+"""Command line: untapped-train --config FILE[:ARG] --workdir DIR [--config.key=value]."""
+
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from untapped_jax import train
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG, "Config file, optionally with ':arg'.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, results and checkpoints.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

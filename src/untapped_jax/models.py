@@ -1,0 +1,91 @@
+"""NNX networks of M2: classifier q(y|x), encoder q(z|x,y), decoder p(x|y,z).
+
+All three are MLPs that work on one example (x [D], y [K], z [Z]) or a batch;
+the bounds are written per example and vmapped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS = {"softplus": jax.nn.softplus, "relu": jax.nn.relu, "tanh": jnp.tanh,
+               "gelu": jax.nn.gelu, "elu": jax.nn.elu}
+
+
+def activation_fn(name: str):
+  if name not in ACTIVATIONS:
+    raise ValueError(f"model.activation={name!r}; expected one of {sorted(ACTIVATIONS)}.")
+  return ACTIVATIONS[name]
+
+
+class MLP(nnx.Module):
+  """Linear layers with `activation` between them (none after the last)."""
+
+  def __init__(self, din: int, hidden: Sequence[int], dout: int, *, activation: str,
+               rngs: nnx.Rngs):
+    sizes = [din, *hidden, dout]
+    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+    self.activation = activation_fn(activation)
+
+  def __call__(self, h: jax.Array) -> jax.Array:
+    for layer in self.layers[:-1]:
+      h = self.activation(layer(h))
+    return self.layers[-1](h)
+
+
+class Classifier(nnx.Module):
+  """q(y|x): x [..., D] -> logits [..., K]."""
+
+  def __init__(self, *, num_pixels, num_classes, hidden, activation, rngs):
+    self.net = MLP(num_pixels, hidden, num_classes, activation=activation, rngs=rngs)
+
+  def __call__(self, x):
+    return self.net(x)
+
+
+class Encoder(nnx.Module):
+  """q(z|x,y), diagonal Gaussian: (x [..., D], y [..., K]) -> (mean, log_var) [..., Z]."""
+
+  def __init__(self, *, num_pixels, num_classes, latent_dim, hidden, activation, rngs):
+    self.net = MLP(num_pixels + num_classes, hidden, 2 * latent_dim, activation=activation,
+                   rngs=rngs)
+
+  def __call__(self, x, y):
+    mean, log_var = jnp.split(self.net(jnp.concatenate([x, y], -1)), 2, axis=-1)
+    return mean, log_var
+
+
+class Decoder(nnx.Module):
+  """p(x|y,z), independent Bernoulli pixels: (y [..., K], z [..., Z]) -> logits [..., D]."""
+
+  def __init__(self, *, num_pixels, num_classes, latent_dim, hidden, activation, rngs):
+    self.net = MLP(num_classes + latent_dim, hidden, num_pixels, activation=activation,
+                   rngs=rngs)
+
+  def __call__(self, y, z):
+    return self.net(jnp.concatenate([y, z], -1))
+
+
+class M2(nnx.Module):
+  """The three networks and the sizes the bounds need."""
+
+  def __init__(self, *, num_pixels: int = 784, num_classes: int = 10, latent_dim: int = 50,
+               hidden: Sequence[int] = (500,), activation: str = "softplus",
+               rngs: nnx.Rngs):
+    self.num_pixels, self.num_classes, self.latent_dim = num_pixels, num_classes, latent_dim
+    common = dict(num_pixels=num_pixels, num_classes=num_classes, hidden=tuple(hidden),
+                  activation=activation, rngs=rngs)
+    self.classifier = Classifier(**common)
+    self.encoder = Encoder(latent_dim=latent_dim, **common)
+    self.decoder = Decoder(latent_dim=latent_dim, **common)
+
+
+def build(model_config: Any, *, seed: int) -> M2:
+  """M2 from the `model` ConfigDict, initialised from `seed`."""
+  return M2(num_pixels=model_config.num_pixels, num_classes=model_config.num_classes,
+            latent_dim=model_config.latent_dim, hidden=tuple(model_config.hidden),
+            activation=model_config.activation, rngs=nnx.Rngs(seed))

@@ -1,0 +1,226 @@
+"""Train state, the jitted train step, evaluation and the training loop.
+
+The whole train state is one pytree (TrainState); the streams' positions are the
+step itself (see data/streams.py), so `train_step(state, batch)` is pure and a
+restored checkpoint resumes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+from flax import nnx
+from flax import struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+
+from untapped_jax import models
+from untapped_jax import objective
+from untapped_jax.bounds import m2
+from untapped_jax.data import mnist
+from untapped_jax.data import splits as splits_lib
+from untapped_jax.data import streams as streams_lib
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: nnx.State
+  opt_state: optax.OptState
+  rng: jax.Array
+
+
+def create_train_state(config, *, seed: int):
+  """Returns (graphdef, tx, state) for a fresh model initialised from `seed`."""
+  graphdef, params = nnx.split(models.build(config.model, seed=seed))
+  tx = optax.adam(config.train.learning_rate)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=tx.init(params), rng=jax.random.key(seed + 1))
+  return graphdef, tx, state
+
+
+def binarize_batch(batch, rng, *, mode: str):
+  """Turns every uint8 'x' of the nested batch into floats, a fresh key per stream."""
+  out = {}
+  for i, (name, arrays) in enumerate(sorted(batch.items())):
+    out[name] = {k: streams_lib.binarize(v, jax.random.fold_in(rng, i), mode=mode)
+                 if k == "x" else v for k, v in arrays.items()}
+  return out
+
+
+def make_train_step(loss_fn: objective.LossFn, tx: optax.GradientTransformation, *,
+                    binarization: str):
+  """train_step(state, batch) -> (state, metrics), jitted; batch holds uint8 images."""
+
+  @jax.jit
+  def train_step(state: TrainState, batch):
+    rng, bin_rng, loss_rng = jax.random.split(state.rng, 3)
+    batch = binarize_batch(batch, bin_rng, mode=binarization)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch, loss_rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         rng=rng), metrics
+
+  return train_step
+
+
+def make_eval_batch(graphdef: nnx.GraphDef, *, num_classes: int):
+  """eval_batch(params, x [B, D] binarised, labels [B], rng) -> per-example sums."""
+
+  @jax.jit
+  def eval_batch(params, x, labels, rng):
+    model = nnx.merge(graphdef, params)
+    y = jax.nn.one_hot(labels, num_classes)
+    keys = jax.random.split(rng, (2, len(x)))
+    logits = model.classifier(x)
+    return {
+        "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
+        "labeled_elbo": jnp.sum(jax.vmap(lambda a, b, k: m2.labeled_elbo(model, a, b, k))(
+            x, y, keys[0])),
+        "unlabeled_bound": jnp.sum(jax.vmap(lambda a, k: m2.unlabeled_bound(model, a, k))(
+            x, keys[1])),
+    }
+
+  return eval_batch
+
+
+def evaluate(eval_batch, params, split: splits_lib.Split, *, batch_size: int,
+             binarization: str, seed: int) -> dict[str, float]:
+  """Accuracy of q(y|x) and mean bounds (nats) over `split`, one fixed binarisation."""
+  totals: dict[str, float] = {}
+  rng = jax.random.key(seed)
+  for start in range(0, len(split), batch_size):
+    bin_rng, rng_b = jax.random.split(jax.random.fold_in(rng, start))
+    x = streams_lib.binarize(jnp.asarray(split.images[start:start + batch_size]), bin_rng,
+                             mode=binarization)
+    sums = eval_batch(params, x, jnp.asarray(split.labels[start:start + batch_size]), rng_b)
+    for k, v in jax.device_get(sums).items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  n = len(split)
+  return {"accuracy": totals.pop("correct") / n, **{k: v / n for k, v in totals.items()}}
+
+
+def write_json(path: str, payload: Any) -> None:
+  """Writes JSON atomically: a reader never sees a half-written file."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+  stacked = jax.device_get(history)
+  return {k: float(np.mean([h[k] for h in stacked])) for k in stacked[0]}
+
+
+def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager | None:
+  if not config.train.checkpoint_every:
+    return None
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+
+def prepare(config):
+  """Loads MNIST and carves the splits and streams of `config`."""
+  data = mnist.load(config.data)
+  splits = splits_lib.make_splits(data, config.data, seed=config.seed)
+  streams = streams_lib.make_streams(splits, config, seed=config.seed)
+  return splits, streams
+
+
+def loss_weights(config, splits) -> objective.StreamWeights:
+  return objective.StreamWeights.from_sizes(
+      num_labeled=len(splits.labeled), num_unlabeled=len(splits.unlabeled),
+      num_label_only=len(splits.label_only),
+      classification_weight=config.objective.classification_weight,
+      label_only_weight=0.0)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir`; returns (and writes) results.json's content."""
+  os.makedirs(workdir, exist_ok=True)
+  write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  splits, streams = prepare(config)
+  graphdef, tx, state = create_train_state(config, seed=config.seed)
+  loss_fn = objective.make_loss_fn(graphdef, loss_weights(config, splits),
+                                   num_samples=config.objective.num_samples)
+  train_step = make_train_step(loss_fn, tx, binarization=config.data.binarization)
+  eval_batch = make_eval_batch(graphdef, num_classes=config.model.num_classes)
+  evaluate_on = lambda params, split: evaluate(
+      eval_batch, params, split, batch_size=config.train.eval_batch_size,
+      binarization=config.data.binarization, seed=config.seed)
+
+  best = {"params": state.params, "accuracy": jnp.asarray(-1.0), "step": jnp.asarray(0)}
+  manager = _checkpoint_manager(workdir, config)
+  if manager is not None and manager.latest_step() is not None:
+    restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state), best=ocp.args.StandardRestore(best)))
+    state, best = restored.state, restored.best
+    logging.info("resumed from step %d", int(state.step))
+
+  num_steps = config.train.num_steps
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  history, start_time = [], time.time()
+  bar = tqdm.trange(int(state.step), num_steps, disable=not config.train.progress_bar,
+                    desc="train", dynamic_ncols=True)
+  for step in bar:
+    state, metrics = train_step(state, streams_lib.batch_at(streams, step))
+    history.append(metrics)
+    done = step + 1
+    if done % config.train.log_every == 0 or done == num_steps:
+      record = {"step": done, "wall_s": time.time() - start_time,
+                "labeled_epochs": streams["labeled"].epochs_at(done),
+                "unlabeled_epochs": streams["unlabeled"].epochs_at(done),
+                **{f"train/{k}": v for k, v in _mean_metrics(history).items()}}
+      history = []
+      if done % config.train.eval_every == 0 or done == num_steps:
+        val = evaluate_on(state.params, splits.validation)
+        record.update({f"validation/{k}": v for k, v in val.items()})
+        if val["accuracy"] > float(best["accuracy"]):
+          best = {"params": state.params, "accuracy": jnp.asarray(val["accuracy"]),
+                  "step": jnp.asarray(done)}
+      bar.set_postfix(loss=f"{record['train/loss']:.2f}",
+                      acc=f"{record.get('validation/accuracy', float('nan')):.3f}")
+      with open(metrics_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if manager is not None and (done % config.train.checkpoint_every == 0 or done == num_steps):
+      manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                 best=ocp.args.StandardSave(best)))
+  if manager is not None:
+    manager.wait_until_finished()
+
+  final_val = evaluate_on(state.params, splits.validation)
+  if final_val["accuracy"] > float(best["accuracy"]):
+    best = {"params": state.params, "accuracy": jnp.asarray(final_val["accuracy"]),
+            "step": jnp.asarray(num_steps)}
+  test = evaluate_on(best["params"], splits.test)
+  results = {
+      "test_accuracy": test["accuracy"],
+      "test_labeled_elbo": test["labeled_elbo"],
+      "test_unlabeled_bound": test["unlabeled_bound"],
+      "best_validation_accuracy": float(best["accuracy"]),
+      "best_step": int(best["step"]),
+      "final_validation": final_val,
+      "num_steps": num_steps,
+      "labeled_epochs": streams["labeled"].epochs_at(num_steps),
+      "unlabeled_epochs": streams["unlabeled"].epochs_at(num_steps),
+      "split_sizes": splits.sizes(),
+      "train_wall_s": time.time() - start_time,
+      "seed": config.seed,
+  }
+  write_json(os.path.join(workdir, "results.json"), results)
+  logging.info("results: %s", results)
+  return {**results, "best_params": best["params"], "graphdef": graphdef, "splits": splits}
