@@ -223,4 +223,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   }
   write_json(os.path.join(workdir, "results.json"), results)
   logging.info("results: %s", results)
-  return {**results, "best_params": best["params"], "graphdef": graphdef, "splits": splits}
+  return {**results, "best_params": best["params"], "state": state, "graphdef": graphdef,
+          "splits": splits}
