@@ -26,6 +26,7 @@ import tqdm
 from untapped_jax import models
 from untapped_jax import objective
 from untapped_jax.bounds import m2
+from untapped_jax.bounds import untapped
 from untapped_jax.data import mnist
 from untapped_jax.data import splits as splits_lib
 from untapped_jax.data import streams as streams_lib
@@ -141,12 +142,30 @@ def prepare(config):
   return splits, streams
 
 
-def loss_weights(config, splits) -> objective.StreamWeights:
-  return objective.StreamWeights.from_sizes(
-      num_labeled=len(splits.labeled), num_unlabeled=len(splits.unlabeled),
-      num_label_only=len(splits.label_only),
-      classification_weight=config.objective.classification_weight,
-      label_only_weight=0.0)
+def build_loss_fn(config, graphdef, *, num_labeled: int, num_unlabeled: int,
+                  num_label_only: int, pixel_probs: np.ndarray | None) -> objective.LossFn:
+  """The loss of `config.model_name` for splits of the given sizes."""
+  name = config.model_name
+  if name not in objective.MODEL_NAMES:
+    raise ValueError(f"model_name={name!r}; expected one of {objective.MODEL_NAMES}.")
+  o = config.objective
+  weights = objective.StreamWeights.from_sizes(
+      num_labeled=num_labeled, num_unlabeled=num_unlabeled, num_label_only=num_label_only,
+      classification_weight=o.classification_weight,
+      label_only_weight=o.label_only_weight if name == "untapped" else 0.0)
+  label_only = None
+  if name == "untapped":
+    label_only = objective.LabelOnlySettings.from_config(o, pixel_probs=pixel_probs)
+  return objective.make_loss_fn(graphdef, weights, num_samples=o.num_samples,
+                                label_only=label_only)
+
+
+def loss_fn_for_splits(config, graphdef, splits) -> objective.LossFn:
+  train_images = np.concatenate([splits.labeled.images, splits.unlabeled.images])
+  return build_loss_fn(config, graphdef, num_labeled=len(splits.labeled),
+                       num_unlabeled=len(splits.unlabeled),
+                       num_label_only=len(splits.label_only),
+                       pixel_probs=untapped.fit_pixel_bernoulli(train_images))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -155,8 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   write_json(os.path.join(workdir, "config.json"), config.to_dict())
   splits, streams = prepare(config)
   graphdef, tx, state = create_train_state(config, seed=config.seed)
-  loss_fn = objective.make_loss_fn(graphdef, loss_weights(config, splits),
-                                   num_samples=config.objective.num_samples)
+  loss_fn = loss_fn_for_splits(config, graphdef, splits)
   train_step = make_train_step(loss_fn, tx, binarization=config.data.binarization)
   eval_batch = make_eval_batch(graphdef, num_classes=config.model.num_classes)
   evaluate_on = lambda params, split: evaluate(

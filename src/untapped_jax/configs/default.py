@@ -38,6 +38,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.objective = ml_collections.ConfigDict()
   c.objective.classification_weight = 0.1  # alpha = 0.1 * N / N_labeled per labeled example
   c.objective.num_samples = 1  # z draws per ELBO
+  # Untapped's label-only term (bounds/untapped.py); model_name='m2' forces its weight to 0.
+  c.objective.label_only_weight = 1.0  # lambda
+  c.objective.label_only_num_samples = 1  # (z, x) draws per label-only example
+  c.objective.x_estimator = "straight_through"  # 'mean'|'relaxed'|'straight_through'|'exact'
+  c.objective.relaxed_temperature = 0.5
+  c.objective.image_prior = "pixel_bernoulli"  # q(x): 'uniform'|'pixel_bernoulli'|'model'
+  c.objective.image_prior_stop_gradient = True  # 'model' prior: no gradient into U(x)'s params
+  c.objective.label_smoothing = 1.0  # mass on the true class in log q(y|x); 1.0 = none
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 50000

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,7 @@ def read_idx(path: str, *, magic: int, count: int) -> np.ndarray:
   try:
     with opener(path, "rb") as f:
       raw = f.read()
-  except (OSError, EOFError) as e:  # gzip raises these on corrupt or cut streams
+  except (OSError, EOFError, zlib.error) as e:  # gzip's errors on corrupt or cut streams
     raise MnistError(f"{path}: cannot read ({e}); expected an IDX file"
                      f"{' compressed with gzip' if path.endswith('.gz') else ''}.") from e
   header_len = 16 if magic == IMAGE_MAGIC else 8

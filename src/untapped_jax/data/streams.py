@@ -8,8 +8,6 @@ train step, and a restored state resumes exactly, with no iterator to save.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,10 +30,15 @@ class CyclingStream:
     self.arrays, self.batch_size = arrays, batch_size
     self.size = sizes.pop()
     self._seed, self._stream_id = seed, stream_id
+    self._permutations: dict[int, np.ndarray] = {}  # the current epoch's and the next's
 
-  @functools.lru_cache(maxsize=4)
   def _permutation(self, epoch: int) -> np.ndarray:
-    return np.random.default_rng((self._seed, self._stream_id, epoch)).permutation(self.size)
+    if epoch not in self._permutations:
+      if len(self._permutations) >= 2:
+        self._permutations.pop(min(self._permutations))
+      self._permutations[epoch] = np.random.default_rng(
+          (self._seed, self._stream_id, epoch)).permutation(self.size)
+    return self._permutations[epoch]
 
   def indices_at(self, step: int) -> np.ndarray:
     """Dataset indices of the batch at `step`, int64 [batch_size]."""

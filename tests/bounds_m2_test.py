@@ -1,0 +1,539 @@
+"""Numeric tests of the M2 bounds (untapped_jax.bounds.m2).
+
+Every quantity is checked against an independent computation: NumPy
+re-implementations of the networks built from the raw weight arrays, closed
+forms, brute-force enumeration of all binary images, Gauss-Hermite quadrature,
+importance sampling and central finite differences.  Nothing is compared with
+the code's own output except where the property itself is a self-consistency
+(vmap == loop, jit == eager).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+import numpy as np
+import pytest
+
+from untapped_jax.bounds import m2
+from untapped_jax.models import M2
+
+D, K, Z, H = 6, 3, 2, (5,)
+
+# All 2^D binary images, [64, D].
+ALL_X = np.array(list(itertools.product([0.0, 1.0], repeat=D)))
+
+
+def _enable_x64():
+  """Context manager turning on float64 (jax.enable_x64 or the older experimental one)."""
+  if hasattr(jax, "enable_x64"):
+    return jax.enable_x64(True)
+  from jax.experimental import enable_x64  # pylint: disable=g-import-not-at-top
+  return enable_x64()
+
+
+def _perturbed_model(seed: int = 0, scale: float = 1.0) -> M2:
+  """Tiny M2 whose biases are non-zero (default init has zero biases) and kernels scaled."""
+  model = M2(num_pixels=D, num_classes=K, latent_dim=Z, hidden=H, activation="softplus",
+             rngs=nnx.Rngs(seed))
+  rs = np.random.RandomState(100 + seed)
+  for net in (model.classifier.net, model.encoder.net, model.decoder.net):
+    for layer in net.layers:
+      layer.kernel[...] = layer.kernel[...] * scale
+      layer.bias[...] = jnp.asarray(0.5 * rs.randn(*layer.bias[...].shape), jnp.float32)
+  return model
+
+
+# ---------------------------------------------------------------------------
+# Independent NumPy reference (float64), built from the raw weight arrays.
+# ---------------------------------------------------------------------------
+
+def _np_layers(mlp):
+  return [(np.asarray(l.kernel[...], np.float64), np.asarray(l.bias[...], np.float64))
+          for l in mlp.layers]
+
+
+def _np_softplus(a):
+  return np.logaddexp(0.0, a)
+
+
+def _np_mlp(layers, h):
+  for w, b in layers[:-1]:
+    h = _np_softplus(h @ w + b)
+  w, b = layers[-1]
+  return h @ w + b
+
+
+def _np_log_sigmoid(a):
+  return -np.logaddexp(0.0, -a)
+
+
+def _np_bernoulli(x, logits):
+  """log prod_d sigmoid(l_d)^x_d (1 - sigmoid(l_d))^(1 - x_d), summed over the last axis."""
+  return np.sum(x * _np_log_sigmoid(logits) + (1.0 - x) * _np_log_sigmoid(-logits), -1)
+
+
+def _np_log_normal(z, mean, log_var):
+  """log N(z; mean, diag exp(log_var)) summed over the last axis."""
+  return np.sum(-0.5 * np.log(2 * np.pi) - 0.5 * log_var
+                - 0.5 * (z - mean) ** 2 / np.exp(log_var), -1)
+
+
+def _np_logsumexp(a, axis=-1):
+  m = np.max(a, axis=axis, keepdims=True)
+  return np.squeeze(m, axis) + np.log(np.sum(np.exp(a - m), axis=axis))
+
+
+class NumpyM2:
+  """Plain NumPy forward passes of the three networks of an M2 model."""
+
+  def __init__(self, model: M2):
+    self.cls = _np_layers(model.classifier.net)
+    self.enc = _np_layers(model.encoder.net)
+    self.dec = _np_layers(model.decoder.net)
+
+  def log_q_y(self, x):
+    logits = _np_mlp(self.cls, np.asarray(x, np.float64))
+    return logits - _np_logsumexp(logits)[..., None]
+
+  def encode(self, x, y):
+    out = _np_mlp(self.enc, np.concatenate([x, y], -1))
+    return out[..., :Z], out[..., Z:]
+
+  def decoder_logits(self, y, z):
+    z = np.atleast_2d(z)
+    y = np.broadcast_to(y, (z.shape[0], K))
+    return _np_mlp(self.dec, np.concatenate([y, z], -1))
+
+  def labeled_elbo(self, x, y, eps):
+    """Loop over the S noise draws; per-dimension KL written as log(1/s) + (s^2 + m^2 - 1)/2."""
+    x = np.asarray(x, np.float64)
+    mean, log_var = self.encode(x, y)
+    std = np.exp(0.5 * log_var)
+    log_px = 0.0
+    for s in range(eps.shape[0]):
+      z = mean + std * eps[s]
+      logits = self.decoder_logits(y, z)[0]
+      log_px += sum(x[d] * np.log(1.0 / (1.0 + np.exp(-logits[d])))
+                    + (1.0 - x[d]) * np.log(1.0 / (1.0 + np.exp(logits[d])))
+                    for d in range(D))
+    log_px /= eps.shape[0]
+    kl = sum(np.log(1.0 / std[j]) + 0.5 * (std[j] ** 2 + mean[j] ** 2) - 0.5
+             for j in range(Z))
+    return log_px + np.log(1.0 / K) - kl
+
+  def unlabeled_bound(self, x, eps_per_class):
+    log_q = self.log_q_y(x)
+    q = np.exp(log_q)
+    total = 0.0
+    for k in range(K):
+      total += q[k] * self.labeled_elbo(x, np.eye(K)[k], eps_per_class[k])
+    entropy = -np.sum(q * log_q)
+    return total + entropy
+
+  # --- exact / estimated marginal likelihoods -------------------------------
+
+  def log_px_given_y_is(self, x, y, num, rs):
+    """log p(x|y) = log E_{r(z)}[p(z) p(x|y,z) / r(z)], r = (q(z|x,y) + p(z)) / 2.
+
+    The proposal is q(z|x,y) made defensive by mixing in the prior, so the
+    weights are bounded by 2 and the estimate has small, finite variance.
+    """
+    mean, log_var = self.encode(np.asarray(x, np.float64), y)
+    from_q = rs.rand(num) < 0.5
+    z = np.where(from_q[:, None], mean + np.exp(0.5 * log_var) * rs.randn(num, Z),
+                 rs.randn(num, Z))
+    zeros = np.zeros(Z)
+    log_prior = _np_log_normal(z, zeros, zeros)
+    log_q = _np_log_normal(z, mean, log_var)
+    log_r = np.logaddexp(log_q, log_prior) - np.log(2.0)
+    log_w = log_prior + _np_bernoulli(x, self.decoder_logits(y, z)) - log_r
+    return _np_logsumexp(log_w) - np.log(num)
+
+  def log_px_given_y_quadrature(self, x, y, n=40):
+    """log ∫ N(z; 0, I) p(x|y,z) dz by tensor Gauss-Hermite(e) quadrature."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(n)
+    weights = weights / np.sqrt(2 * np.pi)
+    z = np.stack(np.meshgrid(nodes, nodes, indexing="ij"), -1).reshape(-1, 2)
+    log_w = np.log(np.outer(weights, weights).reshape(-1))
+    return _np_logsumexp(log_w + _np_bernoulli(x, self.decoder_logits(y, z)))
+
+
+@pytest.fixture(scope="module")
+def model():
+  return _perturbed_model(0)
+
+
+@pytest.fixture(scope="module")
+def ref(model):
+  return NumpyM2(model)
+
+
+def _x_batch(n, seed=0):
+  return np.random.RandomState(seed).randint(0, 2, size=(n, D)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# 1. bernoulli_log_prob, gaussian_kl
+# ---------------------------------------------------------------------------
+
+def test_bernoulli_log_prob_matches_numpy():
+  rs = np.random.RandomState(1)
+  for _ in range(5):
+    logits = rs.randn(D) * 3
+    for x in (rs.randint(0, 2, D).astype(np.float64), rs.rand(D)):  # binary and grey
+      p = 1.0 / (1.0 + np.exp(-logits))
+      want = np.sum(x * np.log(p) + (1 - x) * np.log(1 - p))
+      got = m2.bernoulli_log_prob(jnp.asarray(x, jnp.float32), jnp.asarray(logits, jnp.float32))
+      assert got.shape == ()
+      np.testing.assert_allclose(float(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_bernoulli_log_prob_is_normalised_over_binary_images():
+  rs = np.random.RandomState(2)
+  for _ in range(3):
+    logits = jnp.asarray(rs.randn(D) * 2, jnp.float32)
+    lp = jax.vmap(m2.bernoulli_log_prob, (0, None))(jnp.asarray(ALL_X, jnp.float32), logits)
+    np.testing.assert_allclose(float(jax.nn.logsumexp(lp)), 0.0, atol=1e-5)
+
+
+def test_bernoulli_log_prob_saturated_logits():
+  x = jnp.array([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
+  # right, right, wrong, wrong, right, wrong
+  logits = jnp.array([100.0, -100.0, -100.0, 100.0, 100.0, 100.0])
+  got = m2.bernoulli_log_prob(x, logits)
+  assert np.isfinite(float(got))
+  # Each right pixel costs log(1 + e^-100) ~ 4e-44, each wrong one 100 + that.
+  np.testing.assert_allclose(float(got), -300.0, rtol=1e-6)
+  right = m2.bernoulli_log_prob(x, jnp.where(x > 0, 100.0, -100.0))
+  assert float(right) == pytest.approx(0.0, abs=1e-6)
+  one_wrong = m2.bernoulli_log_prob(jnp.array([1.0]), jnp.array([-100.0]))
+  np.testing.assert_allclose(float(one_wrong), -100.0, rtol=1e-7)
+  # Gradient wrt logits is x - sigmoid(l): finite and exactly 0 / +-1 here.
+  g = jax.grad(m2.bernoulli_log_prob, argnums=1)(x, logits)
+  assert np.all(np.isfinite(np.asarray(g)))
+  np.testing.assert_allclose(np.asarray(g), [0, 0, 1, -1, 0, -1], atol=1e-6)
+  # Larger still: float32 must not overflow to inf / nan.
+  big = m2.bernoulli_log_prob(x, 1e4 * jnp.where(x > 0, -1.0, 1.0))
+  np.testing.assert_allclose(float(big), -6e4, rtol=1e-6)
+
+
+def test_gaussian_kl_matches_closed_form():
+  rs = np.random.RandomState(3)
+  for _ in range(5):
+    mean, log_var = rs.randn(Z + 3), rs.randn(Z + 3)
+    var = np.exp(log_var)
+    # KL(N(m, s^2) || N(0, 1)) = log(1/s) + (s^2 + m^2)/2 - 1/2, summed over dims.
+    want = np.sum(-0.5 * log_var + 0.5 * (var + mean ** 2) - 0.5)
+    got = m2.gaussian_kl(jnp.asarray(mean, jnp.float32), jnp.asarray(log_var, jnp.float32))
+    np.testing.assert_allclose(float(got), want, rtol=1e-5, atol=1e-6)
+  assert float(m2.gaussian_kl(jnp.zeros(4), jnp.zeros(4))) == pytest.approx(0.0, abs=1e-7)
+  # Only the mean differs: KL = |m|^2 / 2.
+  assert float(m2.gaussian_kl(jnp.array([3.0, 4.0]), jnp.zeros(2))) == pytest.approx(12.5)
+
+
+def test_gaussian_kl_matches_monte_carlo():
+  rs = np.random.RandomState(4)
+  mean, log_var = np.array([0.7, -1.2, 0.1]), np.array([-0.5, 0.4, -1.0])
+  n = 400_000
+  z = mean + np.exp(0.5 * log_var) * rs.randn(n, 3)
+  terms = _np_log_normal(z, mean, log_var) - _np_log_normal(z, np.zeros(3), np.zeros(3))
+  mc, se = terms.mean(), terms.std() / np.sqrt(n)
+  got = float(m2.gaussian_kl(jnp.asarray(mean, jnp.float32), jnp.asarray(log_var, jnp.float32)))
+  assert abs(got - mc) < 5 * se + 1e-4, (got, mc, se)
+
+
+def test_gaussian_kl_extreme_values_are_finite():
+  got = m2.gaussian_kl(jnp.array([50.0, 0.0]), jnp.array([-30.0, 10.0]))
+  want = 0.5 * (2500.0 + np.exp(-30.0) - 1 + 30.0) + 0.5 * (np.exp(10.0) - 1 - 10.0)
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# 2-3. labeled_elbo_given_noise / labeled_elbo / unlabeled_bound vs NumPy loops
+# ---------------------------------------------------------------------------
+
+def test_labeled_elbo_given_noise_matches_numpy(model, ref):
+  rs = np.random.RandomState(5)
+  xs = _x_batch(4, seed=5)
+  for i, x in enumerate(xs):
+    y = np.eye(K)[i % K]
+    eps = rs.randn(4, Z)  # S = 4
+    got = m2.labeled_elbo_given_noise(model, jnp.asarray(x), jnp.asarray(y, jnp.float32),
+                                      jnp.asarray(eps, jnp.float32))
+    assert got.shape == ()
+    np.testing.assert_allclose(float(got), ref.labeled_elbo(x, y, eps), rtol=1e-5, atol=1e-4)
+
+
+def test_labeled_elbo_given_noise_single_sample_and_grey_pixels(model, ref):
+  rs = np.random.RandomState(6)
+  x = rs.rand(D)  # non-binary x in [0, 1]
+  y = np.eye(K)[2]
+  eps = rs.randn(1, Z)
+  got = m2.labeled_elbo_given_noise(model, jnp.asarray(x, jnp.float32),
+                                    jnp.asarray(y, jnp.float32), jnp.asarray(eps, jnp.float32))
+  np.testing.assert_allclose(float(got), ref.labeled_elbo(x, y, eps), rtol=1e-5, atol=1e-4)
+
+
+def test_labeled_elbo_draws_standard_normal_noise_from_rng(model, ref):
+  x, y = _x_batch(1, seed=7)[0], np.eye(K)[1]
+  rng = jax.random.key(7)
+  eps = np.asarray(jax.random.normal(rng, (3, Z)), np.float64)
+  got = m2.labeled_elbo(model, jnp.asarray(x), jnp.asarray(y, jnp.float32), rng, num_samples=3)
+  np.testing.assert_allclose(float(got), ref.labeled_elbo(x, y, eps), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_unlabeled_bound_matches_numpy_sum_over_labels(model, ref, num_samples):
+  xs = _x_batch(3, seed=8)
+  for i, x in enumerate(xs):
+    rng = jax.random.key(100 + i)
+    keys = jax.random.split(rng, K)
+    eps = [np.asarray(jax.random.normal(keys[k], (num_samples, Z)), np.float64)
+           for k in range(K)]
+    got = m2.unlabeled_bound(model, jnp.asarray(x), rng, num_samples=num_samples)
+    assert got.shape == ()
+    np.testing.assert_allclose(float(got), ref.unlabeled_bound(x, eps), rtol=1e-5, atol=1e-4)
+
+
+def test_classification_log_prob_matches_numpy_log_softmax(model, ref):
+  rs = np.random.RandomState(9)
+  xs = np.concatenate([_x_batch(3, seed=9), rs.rand(2, D)])
+  for x in xs:
+    log_q = ref.log_q_y(x)
+    np.testing.assert_allclose(np.exp(log_q).sum(), 1.0, rtol=1e-12)
+    for k in range(K):
+      got = m2.classification_log_prob(model, jnp.asarray(x, jnp.float32),
+                                       jnp.eye(K, dtype=jnp.float32)[k])
+      np.testing.assert_allclose(float(got), log_q[k], rtol=1e-5, atol=1e-5)
+    soft = rs.dirichlet(np.ones(K))
+    got = m2.classification_log_prob(model, jnp.asarray(x, jnp.float32),
+                                     jnp.asarray(soft, jnp.float32))
+    np.testing.assert_allclose(float(got), soft @ log_q, rtol=1e-5, atol=1e-5)
+
+
+def test_log_prior_y_is_uniform():
+  for k in range(K):
+    np.testing.assert_allclose(float(m2.log_prior_y(jnp.eye(K)[k])), -np.log(K), rtol=1e-6)
+  np.testing.assert_allclose(float(m2.log_prior_y(jnp.eye(10)[4])), -np.log(10), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# 4. The bounds against the true log-likelihood (IS, quadrature, closed form)
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def true_log_p(ref):
+  """log p(x|y) for all 64 binary x and K labels: by IS (20000 draws) and by quadrature."""
+  rs = np.random.RandomState(10)
+  is_est = np.array([[ref.log_px_given_y_is(x, np.eye(K)[k], 20_000, rs) for k in range(K)]
+                     for x in ALL_X])
+  quad = np.array([[ref.log_px_given_y_quadrature(x, np.eye(K)[k]) for k in range(K)]
+                   for x in ALL_X])
+  return is_est, quad
+
+
+def test_importance_sampling_agrees_with_quadrature_and_is_normalised(true_log_p):
+  is_est, quad = true_log_p
+  np.testing.assert_allclose(is_est, quad, atol=3e-2)
+  # sum_x p(x) = sum_x sum_y p(y) p(x|y) = 1 and, per label, sum_x p(x|y) = 1.
+  np.testing.assert_allclose(np.exp(is_est).sum(0), np.ones(K), atol=5e-3)
+  np.testing.assert_allclose(np.exp(quad).sum(0), np.ones(K), atol=1e-6)
+  log_px = _np_logsumexp(is_est + np.log(1.0 / K), axis=1)
+  np.testing.assert_allclose(np.exp(log_px).sum(), 1.0, atol=5e-3)
+
+
+def _mean_bounds(model, num_rngs, seed=11):
+  """E over rngs of labeled_elbo(x, y) [64, K] and unlabeled_bound(x) [64], with std errors."""
+  keys = jax.random.split(jax.random.key(seed), num_rngs)
+  xs = jnp.asarray(ALL_X, jnp.float32)
+  labels = jnp.eye(K, dtype=jnp.float32)
+
+  @jax.jit
+  def run(keys):
+    per_key = lambda key: (
+        jax.vmap(lambda x: jax.vmap(lambda y: m2.labeled_elbo(model, x, y, key))(labels))(xs),
+        jax.vmap(lambda x: m2.unlabeled_bound(model, x, key))(xs))
+    return jax.vmap(per_key)(keys)
+
+  elbo, bound = (np.asarray(a, np.float64) for a in run(keys))
+  se = lambda a: a.std(0) / np.sqrt(num_rngs)
+  return elbo.mean(0), se(elbo), bound.mean(0), se(bound)
+
+
+def test_bounds_are_below_log_likelihood_and_not_absurdly_loose(model, ref, true_log_p):
+  log_px_y, quad = true_log_p
+  log_pxy = log_px_y + np.log(1.0 / K)  # log p(x, y) [64, K]
+  log_px = _np_logsumexp(log_pxy, axis=1)  # [64]
+  elbo, elbo_se, bound, bound_se = _mean_bounds(model, num_rngs=2000)
+  is_tol = 3e-2  # IS vs quadrature agreement asserted above
+
+  # E[L(x, y)] <= log p(x, y), with a gap that is KL(q(z|x,y) || p(z|x,y)).
+  assert np.all(elbo <= log_pxy + 4 * elbo_se + is_tol), np.max(elbo - log_pxy)
+  gap_xy = log_pxy - elbo
+  assert np.all(gap_xy < 4.5), gap_xy.max()
+  assert gap_xy.mean() > 0.01  # random networks: q(z|x,y) is not the posterior
+
+  # E[U(x)] <= log p(x) - KL(q(y|x) || p(y|x)) <= log p(x).
+  log_q = np.stack([ref.log_q_y(x) for x in ALL_X])
+  log_post = log_pxy - log_px[:, None]
+  kl_y = np.sum(np.exp(log_q) * (log_q - log_post), 1)
+  assert np.all(kl_y >= -1e-9)
+  assert np.all(bound <= log_px - kl_y + 4 * bound_se + is_tol), np.max(bound - log_px + kl_y)
+  assert np.all(bound <= log_px + 4 * bound_se + is_tol)
+  gap_x = log_px - bound
+  assert np.all(gap_x < 4.5), gap_x.max()
+  # The bound is a sum over labels of the labeled bounds: the gaps add up exactly.
+  q = np.exp(log_q)
+  np.testing.assert_allclose(gap_x, kl_y + np.sum(q * gap_xy, 1),
+                             atol=4 * bound_se.max() + 4 * elbo_se.max() + 2 * is_tol)
+  # quadrature is the precise reference: same checks without the IS slack
+  log_pxy_quad = quad + np.log(1.0 / K)
+  assert np.all(elbo <= log_pxy_quad + 4 * elbo_se + 1e-4)
+
+  # The expectations themselves, by Gauss-Hermite quadrature over q(z|x,y):
+  # E[L(x,y)] = E_q[log p(x|y,z)] + log p(y) - KL(q || p(z)),
+  # E[U(x)] = sum_y q(y|x) E[L(x,y)] + H[q(y|x)].
+  nodes, weights = np.polynomial.hermite_e.hermegauss(30)
+  u = np.stack(np.meshgrid(nodes, nodes, indexing="ij"), -1).reshape(-1, 2)
+  w = np.outer(weights, weights).reshape(-1) / (2 * np.pi)
+  expected_elbo = np.zeros((len(ALL_X), K))
+  for i, x in enumerate(ALL_X):
+    for k in range(K):
+      y = np.eye(K)[k]
+      mean, log_var = ref.encode(x, y)
+      z = mean + np.exp(0.5 * log_var) * u
+      kl = 0.5 * np.sum(mean ** 2 + np.exp(log_var) - 1.0 - log_var)
+      expected_elbo[i, k] = w @ _np_bernoulli(x, ref.decoder_logits(y, z)) - np.log(K) - kl
+  assert np.all(np.abs(elbo - expected_elbo) < 4.5 * elbo_se + 1e-4), (
+      np.max(np.abs(elbo - expected_elbo) / elbo_se))
+  expected_bound = np.sum(q * (expected_elbo - log_q), 1)
+  assert np.all(np.abs(bound - expected_bound) < 4.5 * bound_se + 1e-4), (
+      np.max(np.abs(bound - expected_bound) / bound_se))
+
+
+def _tight_model() -> M2:
+  """q(z|x,y) = N(0, I) = p(z) and p(x|y,z) independent of z: the z-posterior is q."""
+  model = _perturbed_model(1, scale=2.0)
+  last = model.encoder.net.layers[-1]
+  last.kernel[...] = jnp.zeros_like(last.kernel[...])
+  last.bias[...] = jnp.zeros_like(last.bias[...])
+  first = model.decoder.net.layers[0]
+  first.kernel[...] = first.kernel[...].at[K:].set(0.0)  # rows fed by z
+  return model
+
+
+def test_bounds_are_exact_where_the_posterior_is_known():
+  """Closed form: L(x,y) = log p(x,y) and U(x) = log p(x) - KL(q(y|x) || p(y|x))."""
+  model = _tight_model()
+  ref = NumpyM2(model)
+  log_pxy = np.array([[_np_bernoulli(x, ref.decoder_logits(np.eye(K)[k], np.zeros(Z))[0])
+                       for k in range(K)] for x in ALL_X]) + np.log(1.0 / K)
+  log_px = _np_logsumexp(log_pxy, axis=1)
+  np.testing.assert_allclose(np.exp(log_px).sum(), 1.0, rtol=1e-12)
+  log_q = np.stack([ref.log_q_y(x) for x in ALL_X])
+  kl_y = np.sum(np.exp(log_q) * (log_q - (log_pxy - log_px[:, None])), 1)
+  assert kl_y.max() > 0.05  # the classifier is not the posterior: the KL term matters
+  xs = jnp.asarray(ALL_X, jnp.float32)
+
+  @jax.jit
+  def bounds(rng):
+    elbo = jax.vmap(lambda x: jax.vmap(
+        lambda y: m2.labeled_elbo(model, x, y, rng, num_samples=2))(jnp.eye(K)))(xs)
+    return elbo, jax.vmap(lambda x: m2.unlabeled_bound(model, x, rng))(xs)
+
+  for seed in range(3):
+    elbo, bound = bounds(jax.random.key(seed))
+    np.testing.assert_allclose(np.asarray(elbo), log_pxy, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(bound), log_px - kl_y, rtol=1e-5, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# 5. vmap == loop, jit == eager
+# ---------------------------------------------------------------------------
+
+def test_vmap_over_batch_equals_python_loop(model):
+  xs = jnp.asarray(_x_batch(5, seed=12))
+  ys = jnp.eye(K, dtype=jnp.float32)[jnp.array([0, 1, 2, 1, 0])]
+  keys = jax.random.split(jax.random.key(12), 5)
+
+  @jax.jit
+  def batched(xs, ys, keys):
+    return {
+        "elbo": jax.vmap(lambda x, y, k: m2.labeled_elbo(model, x, y, k, num_samples=2))(
+            xs, ys, keys),
+        "bound": jax.vmap(lambda x, k: m2.unlabeled_bound(model, x, k, num_samples=2))(
+            xs, keys),
+        "log_q": jax.vmap(lambda x, y: m2.classification_log_prob(model, x, y))(xs, ys),
+    }
+
+  batched = batched(xs, ys, keys)
+  # One call per example (jitted per example, to keep the test fast).
+  elbo = jax.jit(lambda x, y, k: m2.labeled_elbo(model, x, y, k, num_samples=2))
+  bound = jax.jit(lambda x, k: m2.unlabeled_bound(model, x, k, num_samples=2))
+  log_q = jax.jit(lambda x, y: m2.classification_log_prob(model, x, y))
+  looped = {
+      "elbo": [elbo(xs[i], ys[i], keys[i]) for i in range(5)],
+      "bound": [bound(xs[i], keys[i]) for i in range(5)],
+      "log_q": [log_q(xs[i], ys[i]) for i in range(5)],
+  }
+  for name in batched:
+    assert batched[name].shape == (5,)
+    np.testing.assert_allclose(np.asarray(batched[name]), np.array(looped[name]),
+                               rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_jit_equals_eager(model):
+  graphdef, params = nnx.split(model)
+  x, y = jnp.asarray(_x_batch(1, seed=13)[0]), jnp.eye(K, dtype=jnp.float32)[2]
+  rng = jax.random.key(13)
+
+  def terms(params, x, y, rng):
+    mdl = nnx.merge(graphdef, params)
+    return (m2.labeled_elbo(mdl, x, y, rng, num_samples=2),
+            m2.unlabeled_bound(mdl, x, rng, num_samples=2),
+            m2.classification_log_prob(mdl, x, y))
+
+  eager = terms(params, x, y, rng)
+  jitted = jax.jit(terms)(params, x, y, rng)
+  for a, b in zip(eager, jitted):
+    np.testing.assert_allclose(float(a), float(b), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# 6. Gradients against central finite differences (float64)
+# ---------------------------------------------------------------------------
+
+def test_unlabeled_bound_gradient_matches_finite_differences():
+  model = _perturbed_model(2)
+  graphdef, params32 = nnx.split(model, nnx.Param)
+  x32 = _x_batch(1, seed=14)[0]
+  with _enable_x64():
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params32)
+    flat, unravel = ravel_pytree(params)
+    assert flat.dtype == jnp.float64
+    x = jnp.asarray(x32, jnp.float64)
+    rng = jax.random.key(14)
+
+    @jax.jit
+    def f(flat):
+      return m2.unlabeled_bound(nnx.merge(graphdef, unravel(flat)), x, rng, num_samples=2)
+
+    assert f(flat).dtype == jnp.float64
+    grad = np.asarray(jax.grad(f)(flat))
+    assert np.all(np.isfinite(grad))
+    rs = np.random.RandomState(14)
+    coords = rs.choice(flat.size, size=10, replace=False)
+    h = 1e-6
+    for i in coords:
+      e = jnp.zeros_like(flat).at[i].set(h)
+      fd = (float(f(flat + e)) - float(f(flat - e))) / (2 * h)
+      np.testing.assert_allclose(grad[i], fd, rtol=1e-5, atol=1e-7, err_msg=f"coordinate {i}")
+    # A random direction, covering all parameters at once.
+    v = jnp.asarray(rs.randn(flat.size))
+    fd = (float(f(flat + h * v)) - float(f(flat - h * v))) / (2 * h)
+    np.testing.assert_allclose(float(grad @ np.asarray(v)), fd, rtol=1e-5)
