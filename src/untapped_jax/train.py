@@ -194,10 +194,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   history, start_time = [], time.time()
   bar = tqdm.trange(int(state.step), num_steps, disable=not config.train.progress_bar,
                     desc="train", dynamic_ncols=True)
+  time_limit = config.train.time_limit_s
   for step in bar:
     state, metrics = train_step(state, streams_lib.batch_at(streams, step))
     history.append(metrics)
     done = step + 1
+    if time_limit and time.time() - start_time > time_limit and done < num_steps:
+      logging.info("train.time_limit_s=%s reached at step %d", time_limit, done)
+      num_steps = done  # end here as if configured so: log, evaluate, checkpoint
     if done % config.train.log_every == 0 or done == num_steps:
       record = {"step": done, "wall_s": time.time() - start_time,
                 "labeled_epochs": streams["labeled"].epochs_at(done),
@@ -217,6 +221,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if manager is not None and (done % config.train.checkpoint_every == 0 or done == num_steps):
       manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                  best=ocp.args.StandardSave(best)))
+    if done == num_steps:
+      break
   if manager is not None:
     manager.wait_until_finished()
 

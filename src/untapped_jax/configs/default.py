@@ -55,4 +55,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 1000
   c.train.checkpoint_every = 5000  # 0: no checkpoints
   c.train.progress_bar = True
+  c.train.time_limit_s = 0.0  # > 0: stop (and evaluate) once training took this long
   return c
