@@ -30,6 +30,7 @@ from untapped_jax.bounds import untapped
 from untapped_jax.data import mnist
 from untapped_jax.data import splits as splits_lib
 from untapped_jax.data import streams as streams_lib
+from untapped_jax.evaluate import suite
 
 
 @struct.dataclass
@@ -135,11 +136,11 @@ def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager | None:
 
 
 def prepare(config):
-  """Loads MNIST and carves the splits and streams of `config`."""
+  """Loads MNIST; returns (the raw arrays, the splits, the streams) of `config`."""
   data = mnist.load(config.data)
   splits = splits_lib.make_splits(data, config.data, seed=config.seed)
   streams = streams_lib.make_streams(splits, config, seed=config.seed)
-  return splits, streams
+  return data, splits, streams
 
 
 def build_loss_fn(config, graphdef, *, num_labeled: int, num_unlabeled: int,
@@ -172,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains `config` in `workdir`; returns (and writes) results.json's content."""
   os.makedirs(workdir, exist_ok=True)
   write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  splits, streams = prepare(config)
+  data, splits, streams = prepare(config)
   graphdef, tx, state = create_train_state(config, seed=config.seed)
   loss_fn = loss_fn_for_splits(config, graphdef, splits)
   train_step = make_train_step(loss_fn, tx, binarization=config.data.binarization)
@@ -245,6 +246,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "train_wall_s": time.time() - start_time,
       "seed": config.seed,
   }
+  if config.eval.semantic:
+    results.update(suite.evaluate_run(config, workdir, graphdef=graphdef,
+                                      params=best["params"], splits=splits, mnist=data))
   write_json(os.path.join(workdir, "results.json"), results)
   logging.info("results: %s", results)
   return {**results, "best_params": best["params"], "state": state, "graphdef": graphdef,

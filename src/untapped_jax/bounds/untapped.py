@@ -65,13 +65,16 @@ def smooth_labels(y: jax.Array, smoothing: float) -> jax.Array:
   return y * smoothing + (1.0 - y) * (1.0 - smoothing) / (k - 1)
 
 
-def label_only_bound(model: M2, y: jax.Array, rng: jax.Array, *, log_prior_x: LogPriorX,
-                     estimator: str = "straight_through", temperature: float = 0.5,
-                     num_samples: int = 1, label_smoothing: float = 1.0) -> jax.Array:
-  """The inverted bound on log q(y), averaged over `num_samples` (z, x) draws: y [K] -> [].
+def label_only_log_weights(model: M2, y: jax.Array, rng: jax.Array, *,
+                           log_prior_x: LogPriorX, estimator: str = "straight_through",
+                           temperature: float = 0.5, num_samples: int = 1,
+                           label_smoothing: float = 1.0) -> jax.Array:
+  """The bound's integrand at `num_samples` draws (z, x) ~ p(z)p(x|y,z): y [K] -> [S].
 
-  `label_smoothing` < 1 softens the target of the log q(y|x) term only; the
-  decoder is always conditioned on y itself.
+  Each entry is log [q(x) q(y|x) q(z|x,y) / (p(z) p(x|y,z))]: their mean is the
+  bound, their log-mean-exp an importance-sampling estimate of log q(y).
+  `label_smoothing` < 1 softens the target of the log q(y|x) term only; the decoder
+  is always conditioned on y itself.
   """
   target = smooth_labels(y, label_smoothing)
 
@@ -86,7 +89,16 @@ def label_only_bound(model: M2, y: jax.Array, rng: jax.Array, *, log_prior_x: Lo
     return (log_prior_x(x, prior_key) + log_q_y + gaussian_log_prob(z, mean, log_var)
             - log_p_z - m2.bernoulli_log_prob(x, logits))
 
-  return jnp.mean(jax.vmap(one_draw)(jax.random.split(rng, num_samples)))
+  return jax.vmap(one_draw)(jax.random.split(rng, num_samples))
+
+
+def label_only_bound(model: M2, y: jax.Array, rng: jax.Array, *, log_prior_x: LogPriorX,
+                     estimator: str = "straight_through", temperature: float = 0.5,
+                     num_samples: int = 1, label_smoothing: float = 1.0) -> jax.Array:
+  """The inverted bound on log q(y), averaged over `num_samples` draws: y [K] -> []."""
+  return jnp.mean(label_only_log_weights(
+      model, y, rng, log_prior_x=log_prior_x, estimator=estimator, temperature=temperature,
+      num_samples=num_samples, label_smoothing=label_smoothing))
 
 
 def uniform_log_prior(x: jax.Array, rng: jax.Array | None = None) -> jax.Array:

@@ -56,4 +56,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 5000  # 0: no checkpoints
   c.train.progress_bar = True
   c.train.time_limit_s = 0.0  # > 0: stop (and evaluate) once training took this long
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.semantic = False  # after training: evaluator confusion, permutation, figures
+  c.eval.samples_per_class = 100  # M images generated per y dimension
+  c.eval.label_only_num_samples = 2000  # draws per class for the bound and IS log q(y)
+  c.eval.evaluator_cache_dir = ""  # default: $UNTAPPED_CACHE_DIR or ~/.cache/untapped_jax
   return c

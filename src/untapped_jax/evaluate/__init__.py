@@ -1,0 +1,1 @@
+"""Evaluation beyond accuracy: semantics of y, bound gaps."""

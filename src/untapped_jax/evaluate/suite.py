@@ -1,0 +1,50 @@
+"""Post-training evaluation of a run: semantics of y, label-only bound, figures."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from untapped_jax import objective
+from untapped_jax import report
+from untapped_jax.bounds import untapped
+from untapped_jax.data import streams as streams_lib
+from untapped_jax.evaluate import likelihood
+from untapped_jax.evaluate import semantic
+
+
+def evaluate_run(config, workdir: str, *, graphdef, params, splits, mnist) -> dict[str, Any]:
+  """Writes samples.npz and the figures; returns the results to merge into results.json."""
+  evaluator, evaluator_accuracy = semantic.load_or_train_evaluator(
+      mnist, cache_dir=config.eval.evaluator_cache_dir or None)
+  rng = jax.random.key(config.seed + 7)
+  test_x = np.asarray(streams_lib.binarize(
+      splits.test.images, jax.random.fold_in(rng, 0), mode=config.data.binarization))
+  results, arrays = semantic.semantic_report(
+      graphdef, params, evaluator, test_images=test_x, test_labels=splits.test.labels,
+      seen_digits=tuple(config.data.labeled_classes), rng=jax.random.fold_in(rng, 1),
+      num_per_class=config.eval.samples_per_class)
+  results["evaluator_test_accuracy"] = evaluator_accuracy
+
+  train_images = np.concatenate([splits.labeled.images, splits.unlabeled.images])
+  settings = objective.LabelOnlySettings.from_config(
+      config.objective, pixel_probs=untapped.fit_pixel_bernoulli(train_images))
+  results.update(likelihood.label_only_report(
+      graphdef, params, settings, test_labels=splits.test.labels,
+      rng=jax.random.fold_in(rng, 2), num_samples=config.eval.label_only_num_samples))
+
+  tmp = os.path.join(workdir, "samples.tmp.npz")
+  np.savez_compressed(tmp, **arrays)
+  os.replace(tmp, os.path.join(workdir, "samples.npz"))
+  name = f"{config.model_name} (seed {config.seed})"
+  report.sample_grid(arrays["x_mean"], results["majority_digits"],
+                     results["duplicated_digits"], os.path.join(workdir, "samples_grid.png"),
+                     title=f"{name}: {results['distinct_digits']} distinct digits")
+  report.inconsistency_figure(arrays["x"], arrays["model_digits"],
+                              os.path.join(workdir, "inconsistency.png"),
+                              title=f"{name}: self-consistency "
+                                    f"{results['self_consistency']:.0%}")
+  return results

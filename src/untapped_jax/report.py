@@ -1,0 +1,65 @@
+"""Figures from a run's generated samples (PNG, written atomically)."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+
+def _save(fig, path: str) -> None:
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=100, bbox_inches="tight")
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def sample_grid(x: np.ndarray, majority_digits, duplicated_digits, path: str, *,
+                title: str = "", columns: int = 10) -> None:
+  """One row per y dimension: `columns` samples, labelled with the evaluator's digit.
+
+  x [K, M, 784]; rows whose digit another row also generates are marked in red.
+  """
+  k = x.shape[0]
+  fig, axes = plt.subplots(k, columns, figsize=(columns * 0.8 + 1.6, k * 0.8 + 0.6))
+  for row in range(k):
+    digit = int(majority_digits[row])
+    dup = digit in set(duplicated_digits)
+    for col in range(columns):
+      ax = axes[row, col]
+      ax.imshow(x[row, col].reshape(28, 28), cmap="gray_r", vmin=0, vmax=1)
+      ax.set_xticks([])
+      ax.set_yticks([])
+    axes[row, 0].set_ylabel(f"y={row} → {digit}" + (" dup" if dup else ""), rotation=0,
+                            ha="right", va="center", fontsize=9,
+                            color="red" if dup else "black")
+  fig.suptitle(title, fontsize=10)
+  _save(fig, path)
+
+
+def inconsistency_figure(x: np.ndarray, model_digits: np.ndarray, path: str, *,
+                         title: str = "", columns: int = 8) -> None:
+  """y -> generated x -> argmax q(y|x), per dimension: green if it returns y, red if not.
+
+  x [K, M, 784], model_digits int [K, M] (the model's own classification of x).
+  """
+  k = x.shape[0]
+  fig, axes = plt.subplots(k, columns, figsize=(columns * 0.9 + 2.2, k * 0.95 + 0.6))
+  for row in range(k):
+    for col in range(columns):
+      ax = axes[row, col]
+      pred = int(model_digits[row, col])
+      ax.imshow(x[row, col].reshape(28, 28), cmap="gray_r", vmin=0, vmax=1)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      ax.set_title(f"q→{pred}", fontsize=7, pad=1,
+                   color="green" if pred == row else "red")
+    consistent = float(np.mean(model_digits[row] == row))
+    axes[row, 0].set_ylabel(f"y={row}\n{consistent:.0%} back", rotation=0, ha="right",
+                            va="center", fontsize=8)
+  fig.suptitle(title + "\n(y → x ~ p(x|y,z) → argmax q(y|x))", fontsize=10)
+  _save(fig, path)
