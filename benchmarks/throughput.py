@@ -38,10 +38,12 @@ def forward_flops_per_step(config) -> dict[str, float]:
   h, k, s = tuple(m.hidden), m.num_classes, config.objective.num_samples
   classifier = mlp_macs(m.num_pixels, h, k)
   encoder = mlp_macs(m.num_pixels + k, h, 2 * m.latent_dim)
+  encoder_x = m.num_pixels * h[0]  # shared by the K labels of the unlabeled bound
   decoder = mlp_macs(k + m.latent_dim, h, m.num_pixels)
   flops = {
       "labeled": 2 * d.labeled_batch_size * (classifier + encoder + s * decoder),
-      "unlabeled": 2 * d.unlabeled_batch_size * (classifier + k * (encoder + s * decoder)),
+      "unlabeled": 2 * d.unlabeled_batch_size * (
+          classifier + encoder_x + k * (encoder - encoder_x + s * decoder)),
   }
   if config.model_name == "untapped":
     flops["label_only"] = 2 * d.label_only_batch_size * objective.label_only_forward_macs(

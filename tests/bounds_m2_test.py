@@ -41,10 +41,11 @@ def _perturbed_model(seed: int = 0, scale: float = 1.0) -> M2:
   model = M2(num_pixels=D, num_classes=K, latent_dim=Z, hidden=H, activation="softplus",
              rngs=nnx.Rngs(seed))
   rs = np.random.RandomState(100 + seed)
-  for net in (model.classifier.net, model.encoder.net, model.decoder.net):
-    for layer in net.layers:
+  for _, layer in nnx.iter_graph(model):
+    if isinstance(layer, nnx.Linear):
       layer.kernel[...] = layer.kernel[...] * scale
-      layer.bias[...] = jnp.asarray(0.5 * rs.randn(*layer.bias[...].shape), jnp.float32)
+      if getattr(layer, "bias", None) is not None:
+        layer.bias[...] = jnp.asarray(0.5 * rs.randn(*layer.bias[...].shape), jnp.float32)
   return model
 
 
@@ -52,9 +53,28 @@ def _perturbed_model(seed: int = 0, scale: float = 1.0) -> M2:
 # Independent NumPy reference (float64), built from the raw weight arrays.
 # ---------------------------------------------------------------------------
 
+def _np_linear(layer):
+  w = np.asarray(layer.kernel[...], np.float64)
+  bias = getattr(layer, "bias", None)
+  b = np.zeros(w.shape[1]) if bias is None else np.asarray(bias[...], np.float64)
+  return w, b
+
+
 def _np_layers(mlp):
-  return [(np.asarray(l.kernel[...], np.float64), np.asarray(l.bias[...], np.float64))
-          for l in mlp.layers]
+  return [_np_linear(l) for l in mlp.layers]
+
+
+def _np_encoder_layers(encoder):
+  """The encoder as one MLP on concat([x, y]).
+
+  Handles both layouts: an MLP on the concatenation, or a first layer split into
+  from_x(x) + from_y(y) (activation after it) followed by `net`.
+  """
+  if hasattr(encoder, "from_x"):
+    wx, bx = _np_linear(encoder.from_x)
+    wy, by = _np_linear(encoder.from_y)
+    return [(np.concatenate([wx, wy], 0), bx + by)] + _np_layers(encoder.net)
+  return _np_layers(encoder.net)
 
 
 def _np_softplus(a):
@@ -93,7 +113,7 @@ class NumpyM2:
 
   def __init__(self, model: M2):
     self.cls = _np_layers(model.classifier.net)
-    self.enc = _np_layers(model.encoder.net)
+    self.enc = _np_encoder_layers(model.encoder)
     self.dec = _np_layers(model.decoder.net)
 
   def log_q_y(self, x):
