@@ -1,0 +1,345 @@
+"""Numeric tests of the training objective (untapped_jax.objective) for M2.
+
+The loss is checked against the weighted combination of per-example terms, and
+its batch estimate against the full-data objective J of the module doc, with J
+computed independently in NumPy from the raw weight arrays (closed form for a
+noise-free model, Gauss-Hermite quadrature over z otherwise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from untapped_jax import objective
+from untapped_jax.bounds import m2
+from untapped_jax.models import M2
+
+D, K, Z, H = 6, 3, 2, (5,)
+
+
+# ---------------------------------------------------------------------------
+# 1. StreamWeights.from_sizes
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_l, n_u, n_lo, w, lam", [
+    (100, 49_900, 7, 0.1, 2.0),
+    (3, 5, 0, 0.3, 0.0),
+    (10, 0, 4, 1.0, 0.5),
+])
+def test_stream_weights_from_sizes(n_l, n_u, n_lo, w, lam):
+  sw = objective.StreamWeights.from_sizes(num_labeled=n_l, num_unlabeled=n_u,
+                                          num_label_only=n_lo, classification_weight=w,
+                                          label_only_weight=lam)
+  n = n_l + n_u
+  assert sw.labeled == pytest.approx(n_l / n, rel=1e-12)
+  assert sw.unlabeled == pytest.approx(n_u / n, rel=1e-12)
+  assert sw.classification == pytest.approx(w * n / n_l, rel=1e-12)
+  assert sw.label_only == pytest.approx(lam * n_lo / n, rel=1e-12, abs=0.0)
+  assert sw.labeled + sw.unlabeled == pytest.approx(1.0)
+  # Kingma et al.: alpha log q(y|x) per labeled example with alpha = w N / N_l, so the
+  # classification term's total weight in J (1/N per image) is w / N_l per labeled example.
+  assert sw.labeled * sw.classification == pytest.approx(w)
+
+
+def test_stream_weights_default_mnist_values():
+  sw = objective.StreamWeights.from_sizes(num_labeled=100, num_unlabeled=49_900,
+                                          num_label_only=0, classification_weight=0.1,
+                                          label_only_weight=0.0)
+  assert (sw.labeled, sw.unlabeled, sw.label_only) == pytest.approx((0.002, 0.998, 0.0))
+  assert sw.classification == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize("n_l", [0, -3])
+def test_stream_weights_need_a_labeled_example(n_l):
+  with pytest.raises(ValueError, match="num_labeled"):
+    objective.StreamWeights.from_sizes(num_labeled=n_l, num_unlabeled=10, num_label_only=1,
+                                       classification_weight=0.1, label_only_weight=1.0)
+
+
+def test_stream_weights_are_frozen():
+  sw = objective.StreamWeights.from_sizes(num_labeled=1, num_unlabeled=1, num_label_only=1,
+                                          classification_weight=0.1, label_only_weight=1.0)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    sw.labeled = 0.5
+
+
+# ---------------------------------------------------------------------------
+# Tiny model, data, and an independent NumPy reference
+# ---------------------------------------------------------------------------
+
+def _model(seed=0, *, noise_free=False) -> M2:
+  """Tiny M2 with non-zero biases. noise_free: p(x|y,z) ignores z, so L and U are
+  deterministic (any eps gives the same value)."""
+  model = M2(num_pixels=D, num_classes=K, latent_dim=Z, hidden=H, activation="softplus",
+             rngs=nnx.Rngs(seed))
+  rs = np.random.RandomState(200 + seed)
+  for _, layer in nnx.iter_graph(model):
+    if isinstance(layer, nnx.Linear) and getattr(layer, "bias", None) is not None:
+      layer.bias[...] = jnp.asarray(0.5 * rs.randn(*layer.bias[...].shape), jnp.float32)
+  if noise_free:
+    first = model.decoder.net.layers[0]
+    first.kernel[...] = first.kernel[...].at[K:].set(0.0)  # rows fed by z
+  return model
+
+
+def _np_linear(layer):
+  w = np.asarray(layer.kernel[...], np.float64)
+  bias = getattr(layer, "bias", None)
+  return w, (np.zeros(w.shape[1]) if bias is None else np.asarray(bias[...], np.float64))
+
+
+def _np_mlp(layers, h):
+  for w, b in layers[:-1]:
+    h = np.logaddexp(0.0, h @ w + b)  # softplus
+  w, b = layers[-1]
+  return h @ w + b
+
+
+def _np_log_sigmoid(a):
+  return -np.logaddexp(0.0, -a)
+
+
+class NumpyM2:
+  """NumPy forward passes; ELBO expectations over z by Gauss-Hermite quadrature."""
+
+  def __init__(self, model: M2):
+    self.cls = [_np_linear(l) for l in model.classifier.net.layers]
+    enc = model.encoder
+    if hasattr(enc, "from_x"):  # first layer split as from_x(x) + from_y(y)
+      (wx, bx), (wy, by) = _np_linear(enc.from_x), _np_linear(enc.from_y)
+      self.enc = [(np.concatenate([wx, wy], 0), bx + by)]
+      self.enc += [_np_linear(l) for l in enc.net.layers]
+    else:
+      self.enc = [_np_linear(l) for l in enc.net.layers]
+    self.dec = [_np_linear(l) for l in model.decoder.net.layers]
+    nodes, weights = np.polynomial.hermite_e.hermegauss(30)
+    self.u = np.stack(np.meshgrid(nodes, nodes, indexing="ij"), -1).reshape(-1, 2)
+    self.w = np.outer(weights, weights).reshape(-1) / (2 * np.pi)
+
+  def log_q_y(self, x):
+    logits = _np_mlp(self.cls, x)
+    m = logits.max()
+    return logits - m - np.log(np.sum(np.exp(logits - m)))
+
+  def expected_elbo(self, x, y):
+    """E_eps[L(x, y)] = E_q[log p(x|y,z)] + log(1/K) - KL(q(z|x,y) || N(0, I))."""
+    out = _np_mlp(self.enc, np.concatenate([x, y]))
+    mean, log_var = out[:Z], out[Z:]
+    z = mean + np.exp(0.5 * log_var) * self.u
+    logits = _np_mlp(self.dec, np.concatenate([np.broadcast_to(y, (len(z), K)), z], 1))
+    log_px = np.sum(x * _np_log_sigmoid(logits) + (1 - x) * _np_log_sigmoid(-logits), 1)
+    kl = np.sum(-0.5 * log_var + 0.5 * (np.exp(log_var) + mean ** 2) - 0.5)
+    return self.w @ log_px + np.log(1.0 / K) - kl
+
+  def expected_unlabeled(self, x):
+    log_q = self.log_q_y(x)
+    return sum(np.exp(log_q[k]) * (self.expected_elbo(x, np.eye(K)[k]) - log_q[k])
+               for k in range(K))
+
+  def objective(self, xl, yl, xu, *, classification_weight):
+    """J = (1/N)[sum_l (L + alpha log q(y|x)) + sum_u U], alpha = w N / N_l (module doc)."""
+    n_l, n_u = len(xl), len(xu)
+    n = n_l + n_u
+    alpha = classification_weight * n / n_l
+    labeled = sum(self.expected_elbo(x, y) + alpha * (y @ self.log_q_y(x))
+                  for x, y in zip(xl, yl))
+    unlabeled = sum(self.expected_unlabeled(x) for x in xu)
+    return (labeled + unlabeled) / n
+
+
+def _data(n_l, n_u, seed=0):
+  rs = np.random.RandomState(seed)
+  xl = rs.randint(0, 2, (n_l, D)).astype(np.float32)
+  yl = np.eye(K, dtype=np.float32)[rs.randint(0, K, n_l)]
+  xu = rs.randint(0, 2, (n_u, D)).astype(np.float32)
+  return xl, yl, xu
+
+
+def _batch(xl, yl, xu):
+  return {"labeled": {"x": jnp.asarray(xl), "y": jnp.asarray(yl)},
+          "unlabeled": {"x": jnp.asarray(xu)},
+          # The real step also carries the label-only stream; M2 must ignore it.
+          "label_only": {"y": jnp.asarray(np.eye(K, dtype=np.float32)[[0, 2]])}}
+
+
+# ---------------------------------------------------------------------------
+# 2. make_loss_fn = minus the weighted per-example terms
+# ---------------------------------------------------------------------------
+
+NUM_SAMPLES = 2
+WEIGHTS = objective.StreamWeights.from_sizes(
+    num_labeled=10, num_unlabeled=30, num_label_only=5, classification_weight=0.1,
+    label_only_weight=1.0)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = _model(0)
+  graphdef, params = nnx.split(model)
+  xl, yl, xu = _data(3, 4, seed=1)
+  per_example = {
+      "elbo": jax.jit(lambda x, y, k: m2.labeled_elbo(model, x, y, k, num_samples=NUM_SAMPLES)),
+      "log_q": jax.jit(lambda x, y: m2.classification_log_prob(model, x, y)),
+      "bound": jax.jit(lambda x, k: m2.unlabeled_bound(model, x, k, num_samples=NUM_SAMPLES)),
+  }
+  loss_fn = jax.jit(objective.make_loss_fn(graphdef, WEIGHTS, num_samples=NUM_SAMPLES))
+  return dict(model=model, graphdef=graphdef, params=params, xl=xl, yl=yl, xu=xu,
+              per_example=per_example, loss_fn=loss_fn)
+
+
+def _looped_terms(s, rng):
+  """Per-example terms, one call each, with batch_terms' keys: rng_l, rng_u = split(rng)."""
+  rng_l, rng_u = jax.random.split(rng)
+  keys_l = jax.random.split(rng_l, len(s["xl"]))
+  keys_u = jax.random.split(rng_u, len(s["xu"]))
+  f = s["per_example"]
+  elbo = np.array([float(f["elbo"](x, y, k)) for x, y, k in zip(s["xl"], s["yl"], keys_l)])
+  log_q = np.array([float(f["log_q"](x, y)) for x, y in zip(s["xl"], s["yl"])])
+  bound = np.array([float(f["bound"](x, k)) for x, k in zip(s["xu"], keys_u)])
+  return elbo, log_q, bound
+
+
+def test_batch_terms_match_per_example_loop(setup):
+  s = setup
+  rng = jax.random.key(3)
+  terms = jax.jit(lambda batch, rng: objective.batch_terms(
+      s["model"], batch, rng, num_samples=NUM_SAMPLES))(_batch(s["xl"], s["yl"], s["xu"]), rng)
+  elbo, log_q, bound = _looped_terms(s, rng)
+  np.testing.assert_allclose(np.asarray(terms["labeled_elbo"]), elbo, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(terms["log_q_y"]), log_q, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(terms["unlabeled_bound"]), bound, rtol=1e-5, atol=1e-5)
+
+
+def _expected_loss(s, elbo, log_q, bound):
+  n_l, n_u, w = 10, 30, 0.1  # the sizes WEIGHTS was built from
+  n = n_l + n_u
+  alpha = w * n / n_l
+  # J_hat = (1/N)[N_l mean_l(L + alpha log q) + N_u mean_u(U)]
+  return -(n_l * np.mean(elbo + alpha * log_q) + n_u * np.mean(bound)) / n
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_loss_is_minus_weighted_per_example_terms(setup, seed):
+  s = setup
+  rng = jax.random.key(seed)
+  loss, metrics = s["loss_fn"](s["params"], _batch(s["xl"], s["yl"], s["xu"]), rng)
+  # make_loss_fn hands batch_terms the first half of split(rng) (the second is the
+  # label-only stream's key).
+  m2_rng = jax.random.split(rng)[0]
+  elbo, log_q, bound = _looped_terms(s, m2_rng)
+  assert loss.shape == ()
+  np.testing.assert_allclose(float(loss), _expected_loss(s, elbo, log_q, bound),
+                             rtol=1e-5, atol=1e-5)
+  for name in ("labeled_elbo", "log_q_y", "unlabeled_bound", "objective"):
+    assert name in metrics, name
+  for name, value in metrics.items():
+    assert np.isfinite(float(value)), name
+  np.testing.assert_allclose(float(metrics["labeled_elbo"]), elbo.mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["log_q_y"]), log_q.mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["unlabeled_bound"]), bound.mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["objective"]), -float(loss), rtol=1e-6)
+
+
+def test_loss_weighting_from_metrics_and_gradient_is_finite(setup):
+  """Independent of how the rng is split: loss = -(w_l (mean L + alpha mean log q) + w_u mean U)."""
+  s = setup
+  loss_fn = objective.make_loss_fn(s["graphdef"], WEIGHTS, num_samples=NUM_SAMPLES)
+  (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+      s["params"], _batch(s["xl"], s["yl"], s["xu"]), jax.random.key(5))
+  # N_l = 10, N_u = 30, w = 0.1: w_l = 1/4, w_u = 3/4, alpha = 0.1 * 40 / 10.
+  want = -(0.25 * (float(metrics["labeled_elbo"]) + 0.4 * float(metrics["log_q_y"]))
+           + 0.75 * float(metrics["unlabeled_bound"]))
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  leaves = jax.tree.leaves(grads)
+  assert len(leaves) == len(jax.tree.leaves(s["params"]))
+  assert all(np.all(np.isfinite(np.asarray(g))) for g in leaves)
+  assert sum(float(jnp.sum(jnp.abs(g))) for g in leaves) > 0
+
+
+def test_loss_depends_on_rng_only_through_the_noise(setup):
+  s = setup
+  batch = _batch(s["xl"], s["yl"], s["xu"])
+  _, m1 = s["loss_fn"](s["params"], batch, jax.random.key(0))
+  _, m2_ = s["loss_fn"](s["params"], batch, jax.random.key(1))
+  assert float(m1["log_q_y"]) == float(m2_["log_q_y"])
+  assert float(m1["labeled_elbo"]) != float(m2_["labeled_elbo"])
+
+
+def test_m2_loss_ignores_label_only_settings_when_lambda_is_zero(setup):
+  if not hasattr(objective, "LabelOnlySettings"):
+    pytest.skip("no label-only path in this version")
+  s = setup
+  weights0 = dataclasses.replace(WEIGHTS, label_only=0.0)
+  batch, rng = _batch(s["xl"], s["yl"], s["xu"]), jax.random.key(7)
+  plain, _ = s["loss_fn"](s["params"], batch, rng)
+  with_settings = objective.make_loss_fn(
+      s["graphdef"], weights0, num_samples=NUM_SAMPLES,
+      label_only=objective.LabelOnlySettings(image_prior="uniform"))
+  loss, metrics = jax.jit(with_settings)(s["params"], batch, rng)
+  assert float(loss) == pytest.approx(float(plain), rel=1e-6)
+  assert "label_only_estimate" not in metrics
+
+
+# ---------------------------------------------------------------------------
+# Unbiasedness: the batch loss averages to the full-data objective -J
+# ---------------------------------------------------------------------------
+
+N_L, N_U, B_L, B_U, CLS_W = 4, 5, 2, 3, 0.3
+
+
+def _all_batches(xl, yl, xu):
+  for il in itertools.combinations(range(N_L), B_L):
+    for iu in itertools.combinations(range(N_U), B_U):
+      yield _batch(xl[list(il)], yl[list(il)], xu[list(iu)])
+
+
+def test_batch_loss_is_unbiased_for_full_data_objective_noise_free():
+  """Exact: with p(x|y,z) independent of z the terms are deterministic, and the mean
+  of the loss over all C(4,2) x C(5,3) batches must equal -J (closed form in NumPy)."""
+  model = _model(1, noise_free=True)
+  graphdef, params = nnx.split(model)
+  xl, yl, xu = _data(N_L, N_U, seed=2)
+  weights = objective.StreamWeights.from_sizes(
+      num_labeled=N_L, num_unlabeled=N_U, num_label_only=0, classification_weight=CLS_W,
+      label_only_weight=0.0)
+  loss_fn = jax.jit(objective.make_loss_fn(graphdef, weights))
+  losses = np.array([float(loss_fn(params, b, jax.random.key(i))[0])
+                     for i, b in enumerate(_all_batches(xl, yl, xu))])
+  assert len(losses) == 60
+  want = -NumpyM2(model).objective(xl, yl, xu, classification_weight=CLS_W)
+  assert losses.std() > 0.1  # single batches do differ from J ...
+  np.testing.assert_allclose(losses.mean(), want, rtol=1e-5)  # ... but average to it
+  # The whole data set as one batch gives -J itself.
+  full, _ = loss_fn(params, _batch(xl, yl, xu), jax.random.key(99))
+  np.testing.assert_allclose(float(full), want, rtol=1e-5)
+
+
+def test_batch_loss_is_unbiased_over_batches_and_noise():
+  """Statistical: with the z-noise on, E over batches and rngs of the loss is -J with
+  the expectations E[L], E[U] computed by quadrature in NumPy."""
+  model = _model(2)
+  graphdef, params = nnx.split(model)
+  xl, yl, xu = _data(N_L, N_U, seed=3)
+  weights = objective.StreamWeights.from_sizes(
+      num_labeled=N_L, num_unlabeled=N_U, num_label_only=0, classification_weight=CLS_W,
+      label_only_weight=0.0)
+  loss_fn = objective.make_loss_fn(graphdef, weights)
+  num_rngs = 400
+  batches = list(_all_batches(xl, yl, xu))
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *batches)  # leading axis: the 60 batches
+  keys = jax.random.split(jax.random.key(0), (len(batches), num_rngs))
+  per_rng = jax.vmap(lambda b, k: loss_fn(params, b, k)[0], (None, 0))
+  losses = np.asarray(jax.jit(jax.vmap(per_rng))(stacked, keys), np.float64)  # [60, num_rngs]
+  assert losses.shape == (60, num_rngs)
+  mean = losses.mean()
+  # All batches are enumerated, so only the noise adds variance.
+  se = np.sqrt(losses.var(1, ddof=1).mean() / losses.size)
+  want = -NumpyM2(model).objective(xl, yl, xu, classification_weight=CLS_W)
+  assert abs(mean - want) < 4 * se + 1e-4, (mean, want, se)
