@@ -21,10 +21,12 @@ def get_config(arg=None):
   args = parse_arg(arg, model="untapped", per_class=100, runlocal=False)
   if args["model"] not in ("m2", "untapped"):
     raise ValueError(f"model={args['model']!r}; expected 'm2' or 'untapped'.")
+  if not isinstance(args["per_class"], int) or args["per_class"] < 1:
+    raise ValueError(f"per_class={args['per_class']!r}; expected a positive integer.")
   c = default.get_config()
   c.model_name = args["model"]
   c.data.labeled_classes = SEEN
-  c.data.labeled_per_class = int(args["per_class"])
+  c.data.labeled_per_class = args["per_class"]
   c.data.unlabeled_classes = tuple(range(10))
   c.data.label_only_classes = tuple(range(10))
   c.objective.classification_weight = 1.0  # as m2_benchmark.py, measured there

@@ -22,6 +22,7 @@ from ml_collections import config_flags
 import numpy as np
 import scipy.stats
 
+from untapped_jax import files
 from untapped_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -58,7 +59,8 @@ def load_results(root: str, models, seeds: int) -> dict[str, list[dict]]:
     for seed in range(seeds):
       path = os.path.join(run_dir(root, model, seed), "results.json")
       if os.path.exists(path):
-        runs.append(json.load(open(path)))
+        with open(path) as f:
+          runs.append(json.load(f))
     out[model] = runs
   return out
 
@@ -79,7 +81,7 @@ def comparison_tables(results: dict[str, list[dict]]) -> tuple[str, str]:
     md.append(f"| {model} | {len(runs)} | " + " | ".join(cells) + f" | {full}/{len(runs)} |")
   md += ["", "Mean ± half-width of the 95% t-interval over seeds.", "",
          "| model | seed | steps | distinct | duplicated | permutation (dim→digit) | "
-         "heldout 5-9 | self-consistency | test acc |", "|---" * 9 + "|"]
+         "heldout | self-consistency | test acc |", "|---" * 9 + "|"]
   buf = io.StringIO()
   writer = csv.writer(buf)
   writer.writerow(["model", "seed", "num_steps", *METRICS, "duplicated_digits",
@@ -94,13 +96,6 @@ def comparison_tables(results: dict[str, list[dict]]) -> tuple[str, str]:
                        " ".join(map(str, r["duplicated_digits"])),
                        " ".join(map(str, r["semantic_permutation"]))])
   return "\n".join(md) + "\n", buf.getvalue()
-
-
-def write_text(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def main(argv):
@@ -121,8 +116,8 @@ def main(argv):
         config.model_name, config.seed = model, seed
         train.train_and_evaluate(config, workdir)
   md, table = comparison_tables(load_results(root, ("m2", "untapped"), _SEEDS.value))
-  write_text(os.path.join(root, "comparison.md"), md)
-  write_text(os.path.join(root, "comparison.csv"), table)
+  files.write_text(os.path.join(root, "comparison.md"), md)
+  files.write_text(os.path.join(root, "comparison.csv"), table)
   print(md)
 
 

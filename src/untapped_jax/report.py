@@ -10,12 +10,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from untapped_jax import files
+
 
 def _save(fig, path: str) -> None:
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=100, bbox_inches="tight")
+  with files.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
   plt.close(fig)
-  os.replace(tmp, path)
 
 
 def sample_grid(x: np.ndarray, majority_digits, duplicated_digits, path: str, *,
@@ -24,8 +25,9 @@ def sample_grid(x: np.ndarray, majority_digits, duplicated_digits, path: str, *,
 
   x [K, M, 784]; rows whose digit another row also generates are marked in red.
   """
-  k = x.shape[0]
-  fig, axes = plt.subplots(k, columns, figsize=(columns * 0.8 + 1.6, k * 0.8 + 0.6))
+  k, columns = x.shape[0], min(columns, x.shape[1])
+  fig, axes = plt.subplots(k, columns, figsize=(columns * 0.8 + 1.6, k * 0.8 + 0.6),
+                           squeeze=False)
   for row in range(k):
     digit = int(majority_digits[row])
     dup = digit in set(duplicated_digits)
@@ -47,8 +49,9 @@ def inconsistency_figure(x: np.ndarray, model_digits: np.ndarray, path: str, *,
 
   x [K, M, 784], model_digits int [K, M] (the model's own classification of x).
   """
-  k = x.shape[0]
-  fig, axes = plt.subplots(k, columns, figsize=(columns * 0.9 + 2.2, k * 0.95 + 0.6))
+  k, columns = x.shape[0], min(columns, x.shape[1])
+  fig, axes = plt.subplots(k, columns, figsize=(columns * 0.9 + 2.2, k * 0.95 + 0.6),
+                           squeeze=False)
   for row in range(k):
     for col in range(columns):
       ax = axes[row, col]

@@ -23,6 +23,7 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
+from untapped_jax import files
 from untapped_jax import models
 from untapped_jax import objective
 from untapped_jax.bounds import m2
@@ -114,14 +115,6 @@ def evaluate(eval_batch, params, split: splits_lib.Split, *, batch_size: int,
   return {"accuracy": totals.pop("correct") / n, **{k: v / n for k, v in totals.items()}}
 
 
-def write_json(path: str, payload: Any) -> None:
-  """Writes JSON atomically: a reader never sees a half-written file."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
   stacked = jax.device_get(history)
   return {k: float(np.mean([h[k] for h in stacked])) for k in stacked[0]}
@@ -172,7 +165,7 @@ def loss_fn_for_splits(config, graphdef, splits) -> objective.LossFn:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir`; returns (and writes) results.json's content."""
   os.makedirs(workdir, exist_ok=True)
-  write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   data, splits, streams = prepare(config)
   graphdef, tx, state = create_train_state(config, seed=config.seed)
   loss_fn = loss_fn_for_splits(config, graphdef, splits)
@@ -249,7 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.eval.semantic:
     results.update(suite.evaluate_run(config, workdir, graphdef=graphdef,
                                       params=best["params"], splits=splits, mnist=data))
-  write_json(os.path.join(workdir, "results.json"), results)
+  files.write_json(os.path.join(workdir, "results.json"), results)
   logging.info("results: %s", results)
   return {**results, "best_params": best["params"], "state": state, "graphdef": graphdef,
           "splits": splits}

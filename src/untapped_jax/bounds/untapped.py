@@ -49,12 +49,13 @@ def sample_x(logits: jax.Array, rng: jax.Array, *, estimator: str,
   if estimator == "relaxed":
     u = jax.random.uniform(rng, logits.shape, minval=1e-6, maxval=1 - 1e-6)
     return jax.nn.sigmoid((logits + jnp.log(u) - jnp.log1p(-u)) / temperature)
+  if estimator not in ("straight_through", "exact"):
+    raise ValueError(f"estimator={estimator!r}; expected one of {ESTIMATORS}.")
   hard = jax.random.bernoulli(rng, probs).astype(logits.dtype)
   if estimator == "straight_through":
-    return hard + probs - jax.lax.stop_gradient(probs)
-  if estimator == "exact":
-    return jax.lax.stop_gradient(hard)
-  raise ValueError(f"estimator={estimator!r}; expected one of {ESTIMATORS}.")
+    # The bracket is exactly 0 forward, so the value is the binary sample itself.
+    return hard + (probs - jax.lax.stop_gradient(probs))
+  return jax.lax.stop_gradient(hard)
 
 
 def smooth_labels(y: jax.Array, smoothing: float) -> jax.Array:

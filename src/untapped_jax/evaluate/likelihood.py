@@ -37,6 +37,10 @@ def label_only_report(graphdef: nnx.GraphDef, params, settings, *, test_labels: 
   log_prior_x = settings.log_prior_x(graphdef, params)
   k = model.num_classes
 
+  if num_samples < 1:
+    raise ValueError(f"num_samples={num_samples}: expected a positive integer.")
+  chunk = min(chunk, num_samples)
+
   @jax.jit
   def log_weights(y, key):
     return untapped.label_only_log_weights(model, y, key, log_prior_x=log_prior_x,
@@ -45,8 +49,8 @@ def label_only_report(graphdef: nnx.GraphDef, params, settings, *, test_labels: 
   per_class_bound, per_class_log_q = [], []
   for c in range(k):
     y = jnp.eye(k)[c]
-    keys = jax.random.split(jax.random.fold_in(rng, c), max(1, num_samples // chunk))
-    log_w = jnp.concatenate([log_weights(y, key) for key in keys])
+    keys = jax.random.split(jax.random.fold_in(rng, c), -(-num_samples // chunk))
+    log_w = jnp.concatenate([log_weights(y, key) for key in keys])[:num_samples]
     per_class_bound.append(float(jnp.mean(log_w)))
     per_class_log_q.append(float(jax.nn.logsumexp(log_w) - jnp.log(len(log_w))))
   freq = np.bincount(test_labels, minlength=k) / len(test_labels)

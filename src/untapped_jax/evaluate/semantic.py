@@ -19,7 +19,11 @@ import numpy as np
 import optax
 import scipy.optimize
 
+from untapped_jax import files
+
 NUM_DIGITS = 10
+# Part of the evaluator cache key: change it whenever train_evaluator's recipe changes.
+EVALUATOR_VERSION = "logreg-v1:epochs=15,batch=500,lr=1e-3,l2=1e-4,seed=0,dynamic-binarised"
 CACHE_ENV_VAR = "UNTAPPED_CACHE_DIR"
 
 
@@ -73,12 +77,6 @@ def evaluator_accuracy(params, images: np.ndarray, labels: np.ndarray, *, seed: 
   return float(jnp.mean(pred == jnp.asarray(labels)))
 
 
-def _write_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
 def load_or_train_evaluator(mnist: dict[str, np.ndarray], *, cache_dir: str | None = None
                             ) -> tuple[dict[str, np.ndarray], float]:
   """The evaluator for this MNIST, trained once and cached; returns (params, test acc).
@@ -88,7 +86,8 @@ def load_or_train_evaluator(mnist: dict[str, np.ndarray], *, cache_dir: str | No
   """
   cache_dir = cache_dir or os.environ.get(CACHE_ENV_VAR) or os.path.join(
       os.path.expanduser("~"), ".cache", "untapped_jax")
-  digest = hashlib.sha256(mnist["train_images"].tobytes() + mnist["train_labels"].tobytes())
+  digest = hashlib.sha256(EVALUATOR_VERSION.encode() + mnist["train_images"].tobytes()
+                          + mnist["train_labels"].tobytes())
   path = os.path.join(cache_dir, f"evaluator_logreg_{digest.hexdigest()[:16]}.npz")
   if os.path.exists(path):
     with np.load(path) as f:
@@ -96,7 +95,8 @@ def load_or_train_evaluator(mnist: dict[str, np.ndarray], *, cache_dir: str | No
   else:
     params = train_evaluator(mnist["train_images"], mnist["train_labels"])
     os.makedirs(cache_dir, exist_ok=True)
-    _write_npz_atomic(path, params)
+    with files.atomic_path(path) as tmp:
+      np.savez(tmp, **params)
   accuracy = evaluator_accuracy(params, mnist["test_images"], mnist["test_labels"])
   logging.info("evaluator (logistic regression, %s): MNIST test accuracy %.4f", path, accuracy)
   return params, accuracy

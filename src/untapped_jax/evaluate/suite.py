@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from untapped_jax import files
 from untapped_jax import objective
 from untapped_jax import report
 from untapped_jax.bounds import untapped
@@ -36,9 +37,8 @@ def evaluate_run(config, workdir: str, *, graphdef, params, splits, mnist) -> di
       graphdef, params, settings, test_labels=splits.test.labels,
       rng=jax.random.fold_in(rng, 2), num_samples=config.eval.label_only_num_samples))
 
-  tmp = os.path.join(workdir, "samples.tmp.npz")
-  np.savez_compressed(tmp, **arrays)
-  os.replace(tmp, os.path.join(workdir, "samples.npz"))
+  with files.atomic_path(os.path.join(workdir, "samples.npz")) as tmp:
+    np.savez_compressed(tmp, **arrays)
   name = f"{config.model_name} (seed {config.seed})"
   report.sample_grid(arrays["x_mean"], results["majority_digits"],
                      results["duplicated_digits"], os.path.join(workdir, "samples_grid.png"),

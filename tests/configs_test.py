@@ -1,0 +1,224 @@
+"""Experiment configs, their ':arg' parsing, and the command line on real MNIST."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from untapped_jax import configs
+from untapped_jax.configs import default
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "experiments" / "configs"
+DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
+
+
+def load(name: str):
+  spec = importlib.util.spec_from_file_location(f"{name}_config", CONFIG_DIR / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+m2_benchmark = load("m2_benchmark")
+poster = load("poster")
+
+
+# ----------------------------------------------------------------------------- parse_arg
+
+
+def test_parse_arg_literals_bare_keys_and_strings():
+  args = configs.parse_arg("a=3,b,c=hello,d=-2.5,e=False,g=x=y", a=1, b=False, c="x", d=0,
+                           e=True, f=0.5, g="")
+  assert args == {"a": 3, "b": True, "c": "hello", "d": -2.5, "e": False, "f": 0.5,
+                  "g": "x=y"}
+  assert configs.parse_arg(None, a=1) == {"a": 1}
+  assert configs.parse_arg("", a=1) == {"a": 1}
+
+
+def test_parse_arg_unknown_key_names_it():
+  with pytest.raises(ValueError, match="'lables'") as e:
+    configs.parse_arg("lables=100", labels=100, runlocal=False)
+  assert "labels" in str(e.value) and "runlocal" in str(e.value)  # the accepted keys
+
+
+# ----------------------------------------------------------------------------- m2_benchmark
+
+
+@pytest.mark.parametrize("labels,per_class", [(100, 10), (600, 60), (1000, 100), (3000, 300)])
+def test_m2_benchmark_labels(labels, per_class):
+  c = m2_benchmark.get_config(f"labels={labels}")
+  assert c.data.labeled_per_class == per_class
+  assert isinstance(c.data.labeled_per_class, int)
+  assert tuple(c.data.labeled_classes) == tuple(range(10))
+  assert c.model_name == "m2"
+  assert c.objective.classification_weight == 1.0
+  assert c.train.learning_rate == 1e-3
+  assert c.train.num_steps == default.get_config().train.num_steps  # not runlocal
+
+
+def test_m2_benchmark_default_and_runlocal():
+  assert m2_benchmark.get_config().data.labeled_per_class == 10
+  assert m2_benchmark.get_config(None).data.labeled_per_class == 10
+  c = m2_benchmark.get_config("labels=3000,runlocal")
+  assert c.data.labeled_per_class == 300
+  assert c.train.num_steps == 20 and c.train.checkpoint_every == 0
+  assert c.data.max_unlabeled == 2000 and not c.train.progress_bar
+
+
+@pytest.mark.parametrize("arg,named", [("labels=250", "labels=250;"),
+                                       ("labels=abc", "labels='abc'"),
+                                       ("labels=0", "labels=0;")])
+def test_m2_benchmark_bad_labels(arg, named):
+  with pytest.raises(ValueError, match="labels") as e:
+    m2_benchmark.get_config(arg)
+  assert named in str(e.value)
+
+
+def test_m2_benchmark_unknown_key():
+  with pytest.raises(ValueError, match="'model'"):
+    m2_benchmark.get_config("model=m2")
+
+
+# ----------------------------------------------------------------------------- poster
+
+
+@pytest.mark.parametrize("model", ["m2", "untapped"])
+def test_poster_model(model):
+  c = poster.get_config(f"model={model}")
+  assert c.model_name == model
+  assert tuple(c.data.labeled_classes) == (0, 1, 2, 3, 4)
+  assert tuple(c.data.unlabeled_classes) == tuple(range(10))
+  assert tuple(c.data.label_only_classes) == tuple(range(10))
+  assert c.data.labeled_per_class == 100
+  assert c.eval.semantic is True
+  assert c.train.num_steps == 10000
+
+
+def test_poster_defaults_and_per_class():
+  c = poster.get_config()
+  assert c.model_name == "untapped"
+  assert poster.get_config("per_class=7,model=m2").data.labeled_per_class == 7
+  local = poster.get_config("model=m2,runlocal")
+  assert local.model_name == "m2" and local.train.num_steps == 20
+  assert local.eval.samples_per_class == 20
+
+
+@pytest.mark.parametrize("arg,named", [("model=m3", "model='m3'"), ("model=M2", "model='M2'")])
+def test_poster_bad_model(arg, named):
+  with pytest.raises(ValueError, match="model") as e:
+    poster.get_config(arg)
+  assert named in str(e.value)
+
+
+def test_poster_unknown_key():
+  with pytest.raises(ValueError, match="'labels'"):
+    poster.get_config("labels=100")
+
+
+def test_configs_are_config_dicts_with_default_keys():
+  base = default.get_config()
+  for c in (m2_benchmark.get_config(), poster.get_config()):
+    assert isinstance(c, ml_collections.ConfigDict)
+    assert set(c.keys()) == set(base.keys())
+    for section in ("data", "model", "objective", "train", "eval"):
+      assert set(c[section].keys()) == set(base[section].keys()), section
+
+
+def test_sweeps():
+  class Hyper:  # the big_vision-style 'hyper' interface the configs expect
+    @staticmethod
+    def sweep(key, values):
+      return [{key: v} for v in values]
+
+    @staticmethod
+    def product(sweeps):
+      out = [{}]
+      for s in sweeps:
+        out = [dict(a, **b) for a in out for b in s]
+      return out
+
+  points = poster.get_hyper(Hyper)
+  assert len(points) == 10
+  assert {(p["config.seed"], p["config.model_name"]) for p in points} == {
+      (s, m) for s in range(5) for m in ("m2", "untapped")}
+  assert [p["config.data.labeled_per_class"] for p in m2_benchmark.get_hyper(Hyper)] == [
+      10, 60, 100, 300]
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+@pytest.fixture(scope="module")
+def jax_cache_dir(tmp_path_factory):
+  # The session's persistent compilation cache (poster_smoke_test.py fills it too):
+  # the subprocess reuses the compiled evaluation and initialisation functions.
+  path = tmp_path_factory.getbasetemp() / "jax_cache"
+  path.mkdir(exist_ok=True)
+  return str(path)
+
+
+@pytest.fixture
+def cli_env(tmp_path, jax_cache_dir):
+  return dict(os.environ, UNTAPPED_DATA_DIR=DATA_DIR,
+              UNTAPPED_CACHE_DIR=str(tmp_path / "evaluator_cache"),
+              JAX_COMPILATION_CACHE_DIR=jax_cache_dir,
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+
+
+@pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")
+def test_command_line_trains_and_writes_results(tmp_path, cli_env):
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, "-m", "untapped_jax",
+         "--config", "experiments/configs/m2_benchmark.py:labels=100,runlocal",
+         "--workdir", str(workdir), "--config.train.num_steps=5",
+         "--config.train.log_every=5", "--config.train.eval_every=5",
+         "--config.data.max_unlabeled=500"]
+  proc = subprocess.run(cmd, cwd=REPO, env=cli_env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads((workdir / "results.json").read_text())
+  assert 0.0 <= results["test_accuracy"] <= 1.0
+  assert results["num_steps"] == 5
+  assert results["split_sizes"]["labeled"] == 100
+  assert results["split_sizes"]["unlabeled"] == 500
+  assert results["split_sizes"]["test"] == 10000
+  assert "confusion" not in results  # m2_benchmark does not run the semantic evaluation
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["train"]["num_steps"] == 5 and config["data"]["labeled_per_class"] == 10
+  assert config["data"]["max_unlabeled"] == 500
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [line["step"] for line in lines] == [5]
+  assert "validation/accuracy" in lines[0]
+  assert not (tmp_path / "evaluator_cache").exists()
+
+
+def test_command_line_rejects_unknown_config_key(tmp_path, cli_env):
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, "-m", "untapped_jax",
+         "--config", "experiments/configs/m2_benchmark.py:labels=100,runlocal",
+         "--workdir", str(workdir), "--config.no_such_key=1"]
+  proc = subprocess.run(cmd, cwd=REPO, env=cli_env, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "no_such_key" in proc.stdout + proc.stderr
+  assert not workdir.exists()
+
+
+def test_command_line_rejects_bad_config_arg(tmp_path, cli_env):
+  cmd = [sys.executable, "-m", "untapped_jax",
+         "--config", "experiments/configs/m2_benchmark.py:labels=123",
+         "--workdir", str(tmp_path / "run")]
+  proc = subprocess.run(cmd, cwd=REPO, env=cli_env, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "labels=123" in proc.stdout + proc.stderr
+  assert not (tmp_path / "run").exists()

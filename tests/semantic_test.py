@@ -1,0 +1,548 @@
+"""Tests of evaluate/semantic.py and evaluate/likelihood.py.
+
+The assignment is checked against brute force over every permutation, counts
+against hand counts, the evaluator against a NumPy re-computation of its test
+accuracy on real MNIST, generation against hand-set decoders whose output is
+known in closed form, and the importance-sampling estimate of log q(y) against
+exact enumeration of every binary image of a tiny model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from untapped_jax import objective
+from untapped_jax.data import mnist as mnist_lib
+from untapped_jax.evaluate import likelihood
+from untapped_jax.evaluate import semantic
+from untapped_jax.models import M2
+
+DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
+needs_mnist = pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")
+
+
+def brute_force_best(confusion: np.ndarray) -> int:
+  """The largest matched total over all K! one-to-one maps."""
+  k = confusion.shape[0]
+  return max(sum(confusion[i, p[i]] for i in range(k)) for p in itertools.permutations(range(k)))
+
+
+def matched(confusion, perm) -> int:
+  return int(sum(confusion[i, perm[i]] for i in range(len(perm))))
+
+
+def assert_is_permutation(perm, k):
+  assert sorted(np.asarray(perm).tolist()) == list(range(k)), perm
+
+
+def set_param(param, value):
+  param[...] = jnp.asarray(value, jnp.float32)
+
+
+# ----------------------------------------------------------------------------- assignment
+
+
+def test_closest_permutation_identity():
+  confusion = np.eye(10, dtype=int) * 50 + 3
+  perm = semantic.closest_permutation(confusion)
+  np.testing.assert_array_equal(perm, np.arange(10))
+  assert perm.dtype.kind == "i"
+
+
+def test_closest_permutation_recovers_a_known_permutation():
+  rng = np.random.default_rng(0)
+  true_perm = rng.permutation(10)
+  confusion = rng.integers(0, 5, size=(10, 10))
+  confusion[np.arange(10), true_perm] += 40  # dimension k mostly generates true_perm[k]
+  np.testing.assert_array_equal(semantic.closest_permutation(confusion), true_perm)
+
+
+def test_closest_permutation_beats_greedy_row_argmax():
+  # Rows 0 and 1 both prefer digit 0 (greedy argmax would duplicate it). Giving 0 to
+  # row 0 costs row 1 nine; giving 0 to row 1 costs row 0 one: the optimum is forced.
+  confusion = np.array([[10, 9, 0],
+                        [11, 2, 0],
+                        [0, 0, 5]])
+  assert np.argmax(confusion, 1).tolist() == [0, 0, 2]  # greedy: digit 0 twice
+  perm = semantic.closest_permutation(confusion)
+  np.testing.assert_array_equal(perm, [1, 0, 2])
+  assert matched(confusion, perm) == brute_force_best(confusion) == 25
+
+
+def test_closest_permutation_forced_chain_6x6():
+  # Every row's argmax is digit 0; only one assignment reaches the optimum.
+  confusion = np.array([[9, 8, 0, 0, 0, 0],
+                        [9, 0, 8, 0, 0, 0],
+                        [9, 0, 0, 8, 0, 0],
+                        [9, 0, 0, 0, 8, 0],
+                        [9, 0, 0, 0, 0, 8],
+                        [9, 0, 0, 0, 0, 0]])
+  perm = semantic.closest_permutation(confusion)
+  assert matched(confusion, perm) == brute_force_best(confusion) == 9 + 5 * 8
+  np.testing.assert_array_equal(perm, [1, 2, 3, 4, 5, 0])
+
+
+@pytest.mark.parametrize("k", [4, 5, 6])
+def test_closest_permutation_is_optimal_on_random_matrices(k):
+  rng = np.random.default_rng(k)
+  for _ in range(8):
+    confusion = rng.integers(0, 30, size=(k, k))
+    perm = semantic.closest_permutation(confusion)
+    assert_is_permutation(perm, k)
+    assert matched(confusion, perm) == brute_force_best(confusion)
+
+
+def test_closest_permutation_ties():
+  # All-equal: any permutation is optimal; the result must still be one-to-one.
+  flat = np.full((5, 5), 7)
+  perm = semantic.closest_permutation(flat)
+  assert_is_permutation(perm, 5)
+  # Two optimal assignments (total 20 either way): a valid optimum is returned.
+  tied = np.array([[10, 10, 0], [10, 10, 0], [0, 0, 0]])
+  perm = semantic.closest_permutation(tied)
+  assert_is_permutation(perm, 3)
+  assert matched(tied, perm) == brute_force_best(tied) == 20
+  assert perm[2] == 2
+
+
+@pytest.mark.parametrize("shape", [(10, 9), (3, 4), (10,), (2, 2, 2)])
+def test_closest_permutation_rejects_non_square(shape):
+  with pytest.raises(ValueError, match="square"):
+    semantic.closest_permutation(np.ones(shape))
+
+
+# ----------------------------------------------------------------------------- coverage
+
+
+def test_majority_digits_ties_go_to_smaller_digit():
+  confusion = np.array([[0, 5, 5, 0],   # tie 1/2 -> 1
+                        [3, 3, 3, 3],   # 4-way tie -> 0
+                        [0, 0, 2, 2],   # tie 2/3 -> 2
+                        [1, 0, 0, 9]])
+  np.testing.assert_array_equal(semantic.majority_digits(confusion), [1, 0, 2, 3])
+
+
+def test_digit_coverage_with_duplicates_and_missing():
+  # Ten dimensions, rows 3 and 7 both mostly generate 8; digit 3 is never the majority.
+  confusion = np.eye(10, dtype=int) * 20
+  confusion[3] = 0
+  confusion[3, 8] = 15
+  confusion[3, 3] = 5
+  confusion[7] = 0
+  confusion[7, 8] = 12
+  confusion[7, 7] = 12  # tie between 7 and 8 -> 7 (smaller)
+  cov = semantic.digit_coverage(confusion)
+  expected_majority = [0, 1, 2, 8, 4, 5, 6, 7, 8, 9]
+  assert cov["majority_digits"] == expected_majority
+  assert cov["duplicated_digits"] == [8]
+  assert cov["missing_digits"] == [3]
+  assert cov["distinct_digits"] == 9 == len(set(expected_majority))
+
+  confusion[7, 8] = 13  # now row 7 -> 8 as well: 8 claimed three times
+  cov = semantic.digit_coverage(confusion)
+  assert cov["majority_digits"].count(8) == 3
+  assert cov["duplicated_digits"] == [8]
+  assert cov["missing_digits"] == [3, 7]
+  assert cov["distinct_digits"] == 8
+
+
+def test_digit_coverage_two_duplicates():
+  majority = [0, 0, 1, 1, 4, 5, 6, 7, 8, 9]
+  confusion = np.zeros((10, 10), int)
+  confusion[np.arange(10), majority] = 10
+  cov = semantic.digit_coverage(confusion)
+  assert cov["duplicated_digits"] == [0, 1]
+  assert cov["missing_digits"] == [2, 3]
+  assert cov["distinct_digits"] == 8
+  assert all(isinstance(v, int) for v in cov["majority_digits"])
+
+
+# ----------------------------------------------------------------------------- counts
+
+
+def test_confusion_matrix_matches_hand_count():
+  rng = np.random.default_rng(3)
+  digits = rng.integers(0, 10, size=(10, 37))
+  digits[4] = 6  # one row entirely a single digit
+  confusion = semantic.confusion_matrix(digits)
+  manual = np.zeros((10, 10), int)
+  for k in range(10):
+    for d in digits[k]:
+      manual[k, d] += 1
+  np.testing.assert_array_equal(confusion, manual)
+  assert confusion.shape == (10, 10)
+  np.testing.assert_array_equal(confusion.sum(1), np.full(10, 37))
+  assert confusion[4, 6] == 37
+
+
+def test_confusion_matrix_pads_missing_digits():
+  confusion = semantic.confusion_matrix(np.array([[0, 0, 1], [2, 2, 2]]), num_digits=5)
+  np.testing.assert_array_equal(confusion, [[2, 1, 0, 0, 0], [0, 0, 3, 0, 0]])
+
+
+def test_permuted_accuracy_by_hand():
+  perm = np.array([2, 0, 1])  # dimension 0 -> digit 2, 1 -> 0, 2 -> 1
+  predicted = np.array([0, 1, 2, 0, 1, 2, 2])
+  labels = np.array([2, 0, 1, 1, 0, 0, 1])
+  # mapped:            2  0  1  2  0  1  1  -> correct: T T T F T F T = 5/7
+  assert semantic.permuted_accuracy(predicted, labels, perm) == pytest.approx(5 / 7)
+  # digits (1,): labels==1 at positions 2, 3, 6 -> mapped 1, 2, 1 -> 2/3
+  assert semantic.permuted_accuracy(predicted, labels, perm, digits=(1,)) == pytest.approx(2 / 3)
+  # digits (0, 2): positions 0, 1, 4, 5 -> 2 0 0 1 vs 2 0 0 0 -> 3/4
+  assert semantic.permuted_accuracy(predicted, labels, perm, digits=[0, 2]) == pytest.approx(
+      3 / 4)
+  # The identity map is ordinary accuracy.
+  assert semantic.permuted_accuracy(predicted, labels, np.arange(3)) == pytest.approx(
+      np.mean(predicted == labels))
+
+
+def test_permuted_accuracy_empty_subset_raises():
+  with pytest.raises(ValueError, match="no test labels"):
+    semantic.permuted_accuracy(np.array([0, 1]), np.array([0, 1]), np.arange(10),
+                               digits=(5, 6))
+  with pytest.raises(ValueError):
+    semantic.permuted_accuracy(np.array([0, 1]), np.array([0, 1]), np.arange(10), digits=())
+
+
+# ----------------------------------------------------------------------------- evaluator
+
+
+@pytest.fixture(scope="module")
+def mnist_data():
+  if not DATA_DIR:
+    pytest.skip("set UNTAPPED_DATA_DIR to real MNIST")
+  return mnist_lib.load_folder(DATA_DIR)
+
+
+@pytest.fixture(scope="module")
+def evaluator_cache_dir(tmp_path_factory):
+  # One folder per session (shared with poster_smoke_test.py), so the evaluator is
+  # trained once; never ~/.cache.
+  path = tmp_path_factory.getbasetemp() / "evaluator_cache"
+  path.mkdir(exist_ok=True)
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv(semantic.CACHE_ENV_VAR, str(path))
+    yield str(path)
+
+
+@pytest.fixture(scope="module")
+def evaluator(mnist_data, evaluator_cache_dir):
+  return semantic.load_or_train_evaluator(mnist_data, cache_dir=evaluator_cache_dir)
+
+
+def numpy_evaluator_accuracy(params, images, labels, seed):
+  rng = np.random.default_rng(seed)
+  x = (rng.random(images.shape) < images / 255.0).astype(np.float32)
+  pred = np.argmax(x @ np.asarray(params["w"]) + np.asarray(params["b"]), -1)
+  return float(np.mean(pred == labels)), x
+
+
+@needs_mnist
+def test_evaluator_reaches_90_percent_on_mnist_test(evaluator, mnist_data):
+  params, reported = evaluator
+  assert params["w"].shape == (784, 10) and params["b"].shape == (10,)
+  acc, _ = numpy_evaluator_accuracy(params, mnist_data["test_images"],
+                                    mnist_data["test_labels"], seed=1)
+  assert acc >= 0.90, acc
+  # The reported figure is the same quantity on another Bernoulli draw.
+  assert abs(reported - acc) < 0.01, (reported, acc)
+  # Generated images are binary: on static (thresholded) images it works too.
+  x = (mnist_data["test_images"] > 127).astype(np.float32)
+  pred = np.argmax(x @ params["w"] + params["b"], -1)
+  assert np.mean(pred == mnist_data["test_labels"]) >= 0.88
+
+
+@needs_mnist
+def test_evaluator_is_cached_and_not_retrained(evaluator, mnist_data, evaluator_cache_dir,
+                                                monkeypatch):
+  params, accuracy = evaluator
+  digest = hashlib.sha256(semantic.EVALUATOR_VERSION.encode()
+                          + mnist_data["train_images"].tobytes()
+                          + mnist_data["train_labels"].tobytes()).hexdigest()[:16]
+  path = os.path.join(evaluator_cache_dir, f"evaluator_logreg_{digest}.npz")
+  assert os.path.exists(path)
+  assert not [f for f in os.listdir(evaluator_cache_dir) if "tmp" in f]
+  with np.load(path) as f:
+    np.testing.assert_array_equal(f["w"], params["w"])
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("train_evaluator called although the cache file exists")
+
+  monkeypatch.setattr(semantic, "train_evaluator", no_training)
+  again, accuracy_again = semantic.load_or_train_evaluator(mnist_data,
+                                                           cache_dir=evaluator_cache_dir)
+  np.testing.assert_array_equal(again["w"], params["w"])
+  np.testing.assert_array_equal(again["b"], params["b"])
+  assert accuracy_again == accuracy
+  # The default folder is $UNTAPPED_CACHE_DIR (set by the fixture): same file, no training.
+  from_env, _ = semantic.load_or_train_evaluator(mnist_data)
+  np.testing.assert_array_equal(from_env["w"], params["w"])
+
+
+def test_evaluator_cache_is_keyed_by_training_data(tmp_path, monkeypatch):
+  rng = np.random.default_rng(0)
+  data = {"train_images": rng.integers(0, 256, (30, 784), dtype=np.uint8),
+          "train_labels": rng.integers(0, 10, 30).astype(np.uint8),
+          "test_images": rng.integers(0, 256, (20, 784), dtype=np.uint8),
+          "test_labels": rng.integers(0, 10, 20).astype(np.uint8)}
+  calls = []
+
+  def fake_train(images, labels, **kwargs):
+    calls.append(len(labels))
+    return {"w": np.full((784, 10), float(len(calls)), np.float32),
+            "b": np.arange(10, dtype=np.float32)}
+
+  monkeypatch.setattr(semantic, "train_evaluator", fake_train)
+  monkeypatch.setenv(semantic.CACHE_ENV_VAR, str(tmp_path / "env_cache"))
+  first, _ = semantic.load_or_train_evaluator(data)  # cache_dir from the env var
+  assert calls == [30]
+  assert len(os.listdir(tmp_path / "env_cache")) == 1
+  second, _ = semantic.load_or_train_evaluator(data)
+  assert calls == [30]
+  np.testing.assert_array_equal(first["w"], second["w"])
+  # Other training labels: another file, trained afresh.
+  other = dict(data, train_labels=(data["train_labels"] + 1) % 10)
+  third, _ = semantic.load_or_train_evaluator(other)
+  assert calls == [30, 30]
+  assert len(os.listdir(tmp_path / "env_cache")) == 2
+  assert third["w"][0, 0] == 2.0
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def test_generate_rows_come_from_their_own_label():
+  # Decoder: relu(W0 [y; z]) with W0 = [I; 0] gives h = e_k, and the second layer
+  # maps e_k to the logits table L[k]: p(x|e_k, z) = sigmoid(L[k]) whatever z is.
+  d, k, z_dim, m = 8, 4, 3, 2000
+  model = M2(num_pixels=d, num_classes=k, latent_dim=z_dim, hidden=(k,), activation="relu",
+             rngs=nnx.Rngs(0))
+  table = np.random.default_rng(0).normal(0.0, 2.0, (k, d)).astype(np.float32)
+  first, second = model.decoder.net.layers
+  set_param(first.kernel, np.concatenate([np.eye(k), np.zeros((z_dim, k))]))
+  set_param(first.bias, np.zeros(k))
+  set_param(second.kernel, table)
+  set_param(second.bias, np.zeros(d))
+  graphdef, params = nnx.split(model)
+
+  x, x_mean = semantic.generate(graphdef, params, jax.random.key(1), num_per_class=m)
+  assert x.shape == x_mean.shape == (k, m, d)
+  assert x.dtype == np.float32 and x_mean.dtype == np.float32
+  assert set(np.unique(x)) <= {0.0, 1.0}
+  expected = 1.0 / (1.0 + np.exp(-table.astype(np.float64)))
+  np.testing.assert_allclose(x_mean, np.broadcast_to(expected[:, None], (k, m, d)),
+                             rtol=1e-5, atol=1e-6)
+  # Samples are Bernoulli(sigmoid(L[k])): per-pixel frequencies within 5 sigma.
+  freq = x.mean(1)
+  sigma = np.sqrt(expected * (1 - expected) / m)
+  assert np.all(np.abs(freq - expected) < 5 * sigma + 1e-3)
+  # Same key, same images; another key, other images.
+  x2, _ = semantic.generate(graphdef, params, jax.random.key(1), num_per_class=m)
+  np.testing.assert_array_equal(x, x2)
+  x3, _ = semantic.generate(graphdef, params, jax.random.key(2), num_per_class=m)
+  assert not np.array_equal(x, x3)
+
+
+def test_generate_random_model_shapes_and_z_dependence():
+  model = M2(num_pixels=784, num_classes=10, latent_dim=5, hidden=(16,), rngs=nnx.Rngs(3))
+  graphdef, params = nnx.split(model)
+  x, x_mean = semantic.generate(graphdef, params, jax.random.key(0), num_per_class=7)
+  assert x.shape == x_mean.shape == (10, 7, 784)
+  assert set(np.unique(x)) <= {0.0, 1.0}
+  assert np.all((x_mean > 0) & (x_mean < 1))
+  # z ~ p(z) differs across the M images of a row, so their means differ.
+  assert not np.allclose(x_mean[0, 0], x_mean[0, 1])
+
+
+# ----------------------------------------------------------------------------- report
+
+
+@needs_mnist
+def test_semantic_report_with_a_hand_built_model(evaluator, mnist_data):
+  # A model whose decoder draws digit perm[k] for y = e_k (pixel probabilities =
+  # that digit's mean image), and whose classifier is the evaluator with its
+  # outputs reordered to dimensions: the report must find perm, all ten digits,
+  # and held-out accuracy equal to the evaluator's own on digits 5-9.
+  ev_params, _ = evaluator
+  w, b = np.asarray(ev_params["w"]), np.asarray(ev_params["b"])
+  perm = np.array([3, 7, 0, 9, 1, 5, 8, 2, 6, 4])
+  k, z_dim, m = 10, 4, 100
+  model = M2(num_pixels=784, num_classes=k, latent_dim=z_dim, hidden=(k,), activation="relu",
+             rngs=nnx.Rngs(0))
+  images, labels = mnist_data["train_images"], mnist_data["train_labels"]
+  means = np.stack([images[labels == d].mean(0) / 255.0 for d in range(10)])
+  means = np.clip(means, 1e-3, 1 - 1e-3)
+  first, second = model.decoder.net.layers
+  set_param(first.kernel, np.concatenate([np.eye(k), np.zeros((z_dim, k))]))
+  set_param(first.bias, np.zeros(k))
+  set_param(second.kernel, np.log(means[perm]) - np.log1p(-means[perm]))
+  set_param(second.bias, np.zeros(784))
+  # Classifier dimension j scores digit perm[j]; a large offset keeps relu linear.
+  c_first, c_second = model.classifier.net.layers
+  set_param(c_first.kernel, w[:, perm])
+  set_param(c_first.bias, b[perm] + 1000.0)
+  set_param(c_second.kernel, np.eye(k))
+  set_param(c_second.bias, np.zeros(k))
+  graphdef, params = nnx.split(model)
+
+  _, test_x = numpy_evaluator_accuracy(ev_params, mnist_data["test_images"][:3000],
+                                       mnist_data["test_labels"][:3000], seed=5)
+  test_labels = mnist_data["test_labels"][:3000].astype(np.int32)
+  results, arrays = semantic.semantic_report(
+      graphdef, params, ev_params, test_images=test_x, test_labels=test_labels,
+      seen_digits=(0, 1, 2, 3, 4), rng=jax.random.key(0), num_per_class=m)
+
+  assert results["semantic_permutation"] == perm.tolist()
+  assert results["distinct_digits"] == 10
+  assert results["duplicated_digits"] == [] and results["missing_digits"] == []
+  confusion = np.asarray(results["confusion"])
+  assert confusion.shape == (10, 10)
+  np.testing.assert_array_equal(confusion.sum(1), np.full(10, m))
+  # The confusion counts the returned evaluator digits; those agree with a NumPy
+  # evaluation of the returned samples (up to float32 near-ties).
+  x = arrays["x"]
+  assert x.shape == (10, m, 784)
+  manual = np.zeros((10, 10), int)
+  for row in range(10):
+    for digit in arrays["evaluator_digits"][row]:
+      manual[row, digit] += 1
+  np.testing.assert_array_equal(confusion, manual)
+  ev_digits = np.argmax(x.reshape(-1, 784).astype(np.float64) @ w + b, -1).reshape(10, m)
+  assert np.mean(arrays["evaluator_digits"] == ev_digits) >= 0.995
+  # The classifier agrees with the evaluator, so dimension k's samples return to k
+  # exactly when the evaluator calls them perm[k].
+  assert np.mean(arrays["model_digits"] == np.argsort(perm)[ev_digits]) >= 0.995
+  assert results["self_consistency"] == pytest.approx(
+      np.mean(arrays["model_digits"] == np.arange(10)[:, None]), abs=1e-9)
+  assert results["self_consistency"] == pytest.approx(
+      np.mean(ev_digits == perm[:, None]), abs=0.005)
+  # Held-out / seen accuracy = the evaluator's own accuracy on those digits.
+  ev_pred = np.argmax(test_x @ w + b, -1)
+  heldout = np.isin(test_labels, [5, 6, 7, 8, 9])
+  assert results["heldout_digits"] == [5, 6, 7, 8, 9]
+  assert results["heldout_accuracy"] == pytest.approx(
+      np.mean(ev_pred[heldout] == test_labels[heldout]), abs=1e-3)
+  assert results["seen_accuracy"] == pytest.approx(
+      np.mean(ev_pred[~heldout] == test_labels[~heldout]), abs=1e-3)
+  assert results["permuted_test_accuracy"] == pytest.approx(
+      np.mean(ev_pred == test_labels), abs=1e-3)
+  assert results["heldout_accuracy"] > 0.8
+
+
+# ----------------------------------------------------------------------------- likelihood
+
+
+def _softplus(v):
+  return np.logaddexp(0.0, v)
+
+
+def numpy_mlp(layers, h):
+  for i, layer in enumerate(layers):
+    h = h @ np.asarray(layer.kernel[...], np.float64) + np.asarray(layer.bias[...],
+                                                                    np.float64)
+    if i < len(layers) - 1:
+      h = _softplus(h)
+  return h
+
+
+def bernoulli_logpmf(x, logits):
+  """log prod_d Bernoulli(x_d; sigmoid(logits_d)), broadcast over leading axes."""
+  return np.sum(x * -np.logaddexp(0.0, -logits) + (1 - x) * -np.logaddexp(0.0, logits), -1)
+
+
+def test_label_only_report_against_exact_enumeration():
+  # A tiny model where both figures have closed forms over all 2^6 images: the
+  # encoder outputs mean 0, log-variance 0 (q(z|x,y) = p(z)) and the decoder ignores
+  # z (p(x|y,z) = p(x|y)). Then, with w = q(x) q(y|x) / p(x|y) and x ~ p(x|y),
+  #   bound = sum_x p(x|y) log w,    log q(y) = log sum_x q(x) q(y|x) = log E[w].
+  d, k, z_dim = 6, 3, 2
+  model = M2(num_pixels=d, num_classes=k, latent_dim=z_dim, hidden=(5,), rngs=nnx.Rngs(4))
+  (enc_out,) = model.encoder.net.layers
+  set_param(enc_out.kernel, np.zeros((5, 2 * z_dim)))
+  set_param(enc_out.bias, np.zeros(2 * z_dim))
+  dec_in = model.decoder.net.layers[0]
+  kernel = np.asarray(dec_in.kernel[...]).copy()
+  kernel[k:] = 0.0  # rows fed by z
+  set_param(dec_in.kernel, kernel)
+  graphdef, params = nnx.split(model)
+  pixel_probs = np.array([0.1, 0.3, 0.5, 0.6, 0.8, 0.95], np.float32)
+  settings = objective.LabelOnlySettings(image_prior="pixel_bernoulli",
+                                         pixel_probs=pixel_probs)
+  test_labels = np.array([0] * 5 + [1] * 3 + [2] * 12)
+  num_samples = 4000
+  report = likelihood.label_only_report(graphdef, params, settings, test_labels=test_labels,
+                                        rng=jax.random.key(0), num_samples=num_samples,
+                                        chunk=500)
+
+  per_bound = np.asarray(report["label_only_bound_per_class"])
+  per_log_q = np.asarray(report["log_q_y_is_per_class"])
+  assert per_bound.shape == per_log_q.shape == (k,)
+  for key in ("test_label_only_bound", "test_log_q_y_is", "label_only_gap"):
+    assert np.isfinite(report[key]), report
+
+  all_x = np.array(list(itertools.product([0.0, 1.0], repeat=d)))  # [64, D]
+  p = pixel_probs.astype(np.float64)
+  log_q_x = (all_x * np.log(p) + (1 - all_x) * np.log1p(-p)).sum(1)  # [64]
+  logits = numpy_mlp(model.classifier.net.layers, all_x)
+  log_q_y_given_x = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)  # [64, K]
+  dec_logits = numpy_mlp(model.decoder.net.layers,
+                         np.concatenate([np.eye(k), np.zeros((k, z_dim))], 1))  # [K, D]
+  log_p_x_given_y = bernoulli_logpmf(all_x[None], dec_logits[:, None])  # [K, 64]
+  np.testing.assert_allclose(np.exp(log_p_x_given_y).sum(1), 1.0, rtol=1e-9)
+  log_w = log_q_x[None] + log_q_y_given_x.T - log_p_x_given_y  # [K, 64]
+  pmf = np.exp(log_p_x_given_y)
+  exact_bound = np.sum(pmf * log_w, 1)
+  exact_log_q = np.logaddexp.reduce(log_q_x[:, None] + log_q_y_given_x, axis=0)
+  np.testing.assert_allclose(np.exp(exact_log_q).sum(), 1.0, rtol=1e-9)
+  np.testing.assert_allclose(np.log(np.sum(pmf * np.exp(log_w), 1)), exact_log_q, rtol=1e-9)
+  # Monte Carlo tolerances from the exact variances (5 standard errors).
+  se_bound = np.sqrt(np.sum(pmf * (log_w - exact_bound[:, None]) ** 2, 1) / num_samples)
+  mean_w = np.exp(exact_log_q)
+  se_log_q = np.sqrt(np.sum(pmf * (np.exp(log_w) - mean_w[:, None]) ** 2, 1)
+                     / num_samples) / mean_w
+  assert np.all(np.abs(per_bound - exact_bound) < 5 * se_bound + 1e-4), (per_bound,
+                                                                          exact_bound)
+  assert np.all(np.abs(per_log_q - exact_log_q) < 5 * se_log_q + 1e-4), (per_log_q,
+                                                                         exact_log_q)
+  assert np.all(exact_log_q - exact_bound > 10 * se_bound)  # a real gap, resolved
+  assert np.all(per_log_q >= per_bound)
+
+  # Test-weighted with the class frequencies 5/20, 3/20, 12/20.
+  weights = np.array([5, 3, 12]) / 20
+  assert report["test_label_only_bound"] == pytest.approx(
+      np.average(per_bound, weights=weights), rel=1e-6)
+  assert report["test_log_q_y_is"] == pytest.approx(np.average(per_log_q, weights=weights),
+                                                    rel=1e-6)
+  assert report["label_only_gap"] == pytest.approx(
+      report["test_log_q_y_is"] - report["test_label_only_bound"], abs=1e-9)
+  assert report["label_only_gap"] == pytest.approx(
+      weights @ (exact_log_q - exact_bound), abs=5 * float(weights @ (se_bound + se_log_q)))
+
+
+def test_label_only_report_random_model_uniform_prior():
+  k = 4
+  model = M2(num_pixels=6, num_classes=k, latent_dim=2, hidden=(5,), rngs=nnx.Rngs(9))
+  graphdef, params = nnx.split(model)
+  settings = objective.LabelOnlySettings(image_prior="uniform")
+  test_labels = np.array([0, 1, 1, 3, 3, 3, 3])  # class 2 absent from the test set
+  report = likelihood.label_only_report(graphdef, params, settings, test_labels=test_labels,
+                                        rng=jax.random.key(1), num_samples=500)
+  per_bound = report["label_only_bound_per_class"]
+  per_log_q = report["log_q_y_is_per_class"]
+  assert len(per_bound) == len(per_log_q) == k
+  assert np.all(np.isfinite(per_bound)) and np.all(np.isfinite(per_log_q))
+  # log-mean-exp >= mean of the same draws: the gap is non-negative class by class.
+  assert np.all(np.asarray(per_log_q) - np.asarray(per_bound) >= -1e-5)
+  assert report["label_only_gap"] >= -1e-5
+  assert np.all(np.asarray(per_log_q) < 0.5)  # log q(y) <= 0 up to noise
+  weights = np.array([1, 2, 0, 4]) / 7
+  assert report["test_label_only_bound"] == pytest.approx(weights @ per_bound, rel=1e-6)
+  assert report["test_log_q_y_is"] == pytest.approx(weights @ per_log_q, rel=1e-6)
