@@ -13,13 +13,11 @@ import time
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
 from untapped_jax import objective
 from untapped_jax import train
-from untapped_jax.data import streams as streams_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/m2_benchmark.py", "Config file.", lock_config=False)

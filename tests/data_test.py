@@ -9,7 +9,6 @@ import hashlib
 import os
 import re
 import shutil
-import zlib
 
 import jax
 import jax.numpy as jnp

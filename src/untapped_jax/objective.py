@@ -14,7 +14,7 @@ step's loss -J_hat is an unbiased estimate of -J.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 from flax import nnx
 import jax
