@@ -17,6 +17,7 @@ steps, validation accuracy was 35% with (0.1, 3e-4), 62% with (1.0, 3e-4) and 67
 
 from untapped_jax.configs import default
 from untapped_jax.configs import parse_arg
+from untapped_jax.configs import shrink_for_runlocal
 
 LABELS = (100, 600, 1000, 3000)
 
@@ -30,13 +31,7 @@ def get_config(arg=None):
   c.objective.classification_weight = 1.0
   c.train.learning_rate = 1e-3
   if args["runlocal"]:
-    c.data.max_unlabeled = 2000
-    c.data.num_validation = 1000
-    c.train.num_steps = 20
-    c.train.log_every = 10
-    c.train.eval_every = 20
-    c.train.checkpoint_every = 0
-    c.train.progress_bar = False
+    shrink_for_runlocal(c)
   return c
 
 

@@ -13,6 +13,7 @@ Bernoulli q(x) fitted to the training images; see configs/default.py's objective
 
 from untapped_jax.configs import default
 from untapped_jax.configs import parse_arg
+from untapped_jax.configs import shrink_for_runlocal
 
 SEEN = (0, 1, 2, 3, 4)
 
@@ -35,15 +36,7 @@ def get_config(arg=None):
   c.train.eval_every = 1000
   c.eval.semantic = True
   if args["runlocal"]:
-    c.data.max_unlabeled = 2000
-    c.data.num_validation = 1000
-    c.train.num_steps = 20
-    c.train.log_every = 10
-    c.train.eval_every = 20
-    c.train.checkpoint_every = 0
-    c.train.progress_bar = False
-    c.eval.samples_per_class = 20
-    c.eval.label_only_num_samples = 500
+    shrink_for_runlocal(c)
   return c
 
 
