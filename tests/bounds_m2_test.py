@@ -22,7 +22,14 @@ import pytest
 from untapped_jax.bounds import m2
 from untapped_jax.models import M2
 
+# The independent NumPy (float64) reference, built from the raw weight arrays.
+from numpy_reference import NumpyM2
+from numpy_reference import np_bernoulli
+from numpy_reference import np_log_normal
+from numpy_reference import np_logsumexp
+
 D, K, Z, H = 6, 3, 2, (5,)
+ACTIVATION = "softplus"
 
 # All 2^D binary images, [64, D].
 ALL_X = np.array(list(itertools.product([0.0, 1.0], repeat=D)))
@@ -38,7 +45,7 @@ def _enable_x64():
 
 def _perturbed_model(seed: int = 0, scale: float = 1.0) -> M2:
   """Tiny M2 whose biases are non-zero (default init has zero biases) and kernels scaled."""
-  model = M2(num_pixels=D, num_classes=K, latent_dim=Z, hidden=H, activation="softplus",
+  model = M2(num_pixels=D, num_classes=K, latent_dim=Z, hidden=H, activation=ACTIVATION,
              rngs=nnx.Rngs(seed))
   rs = np.random.RandomState(100 + seed)
   for _, layer in nnx.iter_graph(model):
@@ -49,140 +56,6 @@ def _perturbed_model(seed: int = 0, scale: float = 1.0) -> M2:
   return model
 
 
-# ---------------------------------------------------------------------------
-# Independent NumPy reference (float64), built from the raw weight arrays.
-# ---------------------------------------------------------------------------
-
-def _np_linear(layer):
-  w = np.asarray(layer.kernel[...], np.float64)
-  bias = getattr(layer, "bias", None)
-  b = np.zeros(w.shape[1]) if bias is None else np.asarray(bias[...], np.float64)
-  return w, b
-
-
-def _np_layers(mlp):
-  return [_np_linear(l) for l in mlp.layers]
-
-
-def _np_encoder_layers(encoder):
-  """The encoder as one MLP on concat([x, y]).
-
-  Handles both layouts: an MLP on the concatenation, or a first layer split into
-  from_x(x) + from_y(y) (activation after it) followed by `net`.
-  """
-  if hasattr(encoder, "from_x"):
-    wx, bx = _np_linear(encoder.from_x)
-    wy, by = _np_linear(encoder.from_y)
-    return [(np.concatenate([wx, wy], 0), bx + by)] + _np_layers(encoder.net)
-  return _np_layers(encoder.net)
-
-
-def _np_softplus(a):
-  return np.logaddexp(0.0, a)
-
-
-def _np_mlp(layers, h):
-  for w, b in layers[:-1]:
-    h = _np_softplus(h @ w + b)
-  w, b = layers[-1]
-  return h @ w + b
-
-
-def _np_log_sigmoid(a):
-  return -np.logaddexp(0.0, -a)
-
-
-def _np_bernoulli(x, logits):
-  """log prod_d sigmoid(l_d)^x_d (1 - sigmoid(l_d))^(1 - x_d), summed over the last axis."""
-  return np.sum(x * _np_log_sigmoid(logits) + (1.0 - x) * _np_log_sigmoid(-logits), -1)
-
-
-def _np_log_normal(z, mean, log_var):
-  """log N(z; mean, diag exp(log_var)) summed over the last axis."""
-  return np.sum(-0.5 * np.log(2 * np.pi) - 0.5 * log_var
-                - 0.5 * (z - mean) ** 2 / np.exp(log_var), -1)
-
-
-def _np_logsumexp(a, axis=-1):
-  m = np.max(a, axis=axis, keepdims=True)
-  return np.squeeze(m, axis) + np.log(np.sum(np.exp(a - m), axis=axis))
-
-
-class NumpyM2:
-  """Plain NumPy forward passes of the three networks of an M2 model."""
-
-  def __init__(self, model: M2):
-    self.cls = _np_layers(model.classifier.net)
-    self.enc = _np_encoder_layers(model.encoder)
-    self.dec = _np_layers(model.decoder.net)
-
-  def log_q_y(self, x):
-    logits = _np_mlp(self.cls, np.asarray(x, np.float64))
-    return logits - _np_logsumexp(logits)[..., None]
-
-  def encode(self, x, y):
-    out = _np_mlp(self.enc, np.concatenate([x, y], -1))
-    return out[..., :Z], out[..., Z:]
-
-  def decoder_logits(self, y, z):
-    z = np.atleast_2d(z)
-    y = np.broadcast_to(y, (z.shape[0], K))
-    return _np_mlp(self.dec, np.concatenate([y, z], -1))
-
-  def labeled_elbo(self, x, y, eps):
-    """Loop over the S noise draws; per-dimension KL written as log(1/s) + (s^2 + m^2 - 1)/2."""
-    x = np.asarray(x, np.float64)
-    mean, log_var = self.encode(x, y)
-    std = np.exp(0.5 * log_var)
-    log_px = 0.0
-    for s in range(eps.shape[0]):
-      z = mean + std * eps[s]
-      logits = self.decoder_logits(y, z)[0]
-      log_px += sum(x[d] * np.log(1.0 / (1.0 + np.exp(-logits[d])))
-                    + (1.0 - x[d]) * np.log(1.0 / (1.0 + np.exp(logits[d])))
-                    for d in range(D))
-    log_px /= eps.shape[0]
-    kl = sum(np.log(1.0 / std[j]) + 0.5 * (std[j] ** 2 + mean[j] ** 2) - 0.5
-             for j in range(Z))
-    return log_px + np.log(1.0 / K) - kl
-
-  def unlabeled_bound(self, x, eps_per_class):
-    log_q = self.log_q_y(x)
-    q = np.exp(log_q)
-    total = 0.0
-    for k in range(K):
-      total += q[k] * self.labeled_elbo(x, np.eye(K)[k], eps_per_class[k])
-    entropy = -np.sum(q * log_q)
-    return total + entropy
-
-  # --- exact / estimated marginal likelihoods -------------------------------
-
-  def log_px_given_y_is(self, x, y, num, rs):
-    """log p(x|y) = log E_{r(z)}[p(z) p(x|y,z) / r(z)], r = (q(z|x,y) + p(z)) / 2.
-
-    The proposal is q(z|x,y) made defensive by mixing in the prior, so the
-    weights are bounded by 2 and the estimate has small, finite variance.
-    """
-    mean, log_var = self.encode(np.asarray(x, np.float64), y)
-    from_q = rs.rand(num) < 0.5
-    z = np.where(from_q[:, None], mean + np.exp(0.5 * log_var) * rs.randn(num, Z),
-                 rs.randn(num, Z))
-    zeros = np.zeros(Z)
-    log_prior = _np_log_normal(z, zeros, zeros)
-    log_q = _np_log_normal(z, mean, log_var)
-    log_r = np.logaddexp(log_q, log_prior) - np.log(2.0)
-    log_w = log_prior + _np_bernoulli(x, self.decoder_logits(y, z)) - log_r
-    return _np_logsumexp(log_w) - np.log(num)
-
-  def log_px_given_y_quadrature(self, x, y, n=40):
-    """log ∫ N(z; 0, I) p(x|y,z) dz by tensor Gauss-Hermite(e) quadrature."""
-    nodes, weights = np.polynomial.hermite_e.hermegauss(n)
-    weights = weights / np.sqrt(2 * np.pi)
-    z = np.stack(np.meshgrid(nodes, nodes, indexing="ij"), -1).reshape(-1, 2)
-    log_w = np.log(np.outer(weights, weights).reshape(-1))
-    return _np_logsumexp(log_w + _np_bernoulli(x, self.decoder_logits(y, z)))
-
-
 @pytest.fixture(scope="module")
 def model():
   return _perturbed_model(0)
@@ -190,7 +63,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def ref(model):
-  return NumpyM2(model)
+  return NumpyM2(model, ACTIVATION)
 
 
 def _x_batch(n, seed=0):
@@ -261,7 +134,7 @@ def test_gaussian_kl_matches_monte_carlo():
   mean, log_var = np.array([0.7, -1.2, 0.1]), np.array([-0.5, 0.4, -1.0])
   n = 400_000
   z = mean + np.exp(0.5 * log_var) * rs.randn(n, 3)
-  terms = _np_log_normal(z, mean, log_var) - _np_log_normal(z, np.zeros(3), np.zeros(3))
+  terms = np_log_normal(z, mean, log_var) - np_log_normal(z, np.zeros(3), np.zeros(3))
   mc, se = terms.mean(), terms.std() / np.sqrt(n)
   got = float(m2.gaussian_kl(jnp.asarray(mean, jnp.float32), jnp.asarray(log_var, jnp.float32)))
   assert abs(got - mc) < 5 * se + 1e-4, (got, mc, se)
@@ -324,7 +197,7 @@ def test_classification_log_prob_matches_numpy_log_softmax(model, ref):
   rs = np.random.RandomState(9)
   xs = np.concatenate([_x_batch(3, seed=9), rs.rand(2, D)])
   for x in xs:
-    log_q = ref.log_q_y(x)
+    log_q = ref.log_q_y_given_x(x)
     np.testing.assert_allclose(np.exp(log_q).sum(), 1.0, rtol=1e-12)
     for k in range(K):
       got = m2.classification_log_prob(model, jnp.asarray(x, jnp.float32),
@@ -363,7 +236,7 @@ def test_importance_sampling_agrees_with_quadrature_and_is_normalised(true_log_p
   # sum_x p(x) = sum_x sum_y p(y) p(x|y) = 1 and, per label, sum_x p(x|y) = 1.
   np.testing.assert_allclose(np.exp(is_est).sum(0), np.ones(K), atol=5e-3)
   np.testing.assert_allclose(np.exp(quad).sum(0), np.ones(K), atol=1e-6)
-  log_px = _np_logsumexp(is_est + np.log(1.0 / K), axis=1)
+  log_px = np_logsumexp(is_est + np.log(1.0 / K), axis=1)
   np.testing.assert_allclose(np.exp(log_px).sum(), 1.0, atol=5e-3)
 
 
@@ -388,7 +261,7 @@ def _mean_bounds(model, num_rngs, seed=11):
 def test_bounds_are_below_log_likelihood_and_not_absurdly_loose(model, ref, true_log_p):
   log_px_y, quad = true_log_p
   log_pxy = log_px_y + np.log(1.0 / K)  # log p(x, y) [64, K]
-  log_px = _np_logsumexp(log_pxy, axis=1)  # [64]
+  log_px = np_logsumexp(log_pxy, axis=1)  # [64]
   elbo, elbo_se, bound, bound_se = _mean_bounds(model, num_rngs=2000)
   is_tol = 3e-2  # IS vs quadrature agreement asserted above
 
@@ -399,7 +272,7 @@ def test_bounds_are_below_log_likelihood_and_not_absurdly_loose(model, ref, true
   assert gap_xy.mean() > 0.01  # random networks: q(z|x,y) is not the posterior
 
   # E[U(x)] <= log p(x) - KL(q(y|x) || p(y|x)) <= log p(x).
-  log_q = np.stack([ref.log_q_y(x) for x in ALL_X])
+  log_q = np.stack([ref.log_q_y_given_x(x) for x in ALL_X])
   log_post = log_pxy - log_px[:, None]
   kl_y = np.sum(np.exp(log_q) * (log_q - log_post), 1)
   assert np.all(kl_y >= -1e-9)
@@ -428,7 +301,7 @@ def test_bounds_are_below_log_likelihood_and_not_absurdly_loose(model, ref, true
       mean, log_var = ref.encode(x, y)
       z = mean + np.exp(0.5 * log_var) * u
       kl = 0.5 * np.sum(mean ** 2 + np.exp(log_var) - 1.0 - log_var)
-      expected_elbo[i, k] = w @ _np_bernoulli(x, ref.decoder_logits(y, z)) - np.log(K) - kl
+      expected_elbo[i, k] = w @ np_bernoulli(x, ref.decoder_logits(y, z)) - np.log(K) - kl
   assert np.all(np.abs(elbo - expected_elbo) < 4.5 * elbo_se + 1e-4), (
       np.max(np.abs(elbo - expected_elbo) / elbo_se))
   expected_bound = np.sum(q * (expected_elbo - log_q), 1)
@@ -450,12 +323,12 @@ def _tight_model() -> M2:
 def test_bounds_are_exact_where_the_posterior_is_known():
   """Closed form: L(x,y) = log p(x,y) and U(x) = log p(x) - KL(q(y|x) || p(y|x))."""
   model = _tight_model()
-  ref = NumpyM2(model)
-  log_pxy = np.array([[_np_bernoulli(x, ref.decoder_logits(np.eye(K)[k], np.zeros(Z))[0])
+  ref = NumpyM2(model, ACTIVATION)
+  log_pxy = np.array([[np_bernoulli(x, ref.decoder_logits(np.eye(K)[k], np.zeros(Z)))
                        for k in range(K)] for x in ALL_X]) + np.log(1.0 / K)
-  log_px = _np_logsumexp(log_pxy, axis=1)
+  log_px = np_logsumexp(log_pxy, axis=1)
   np.testing.assert_allclose(np.exp(log_px).sum(), 1.0, rtol=1e-12)
-  log_q = np.stack([ref.log_q_y(x) for x in ALL_X])
+  log_q = np.stack([ref.log_q_y_given_x(x) for x in ALL_X])
   kl_y = np.sum(np.exp(log_q) * (log_q - (log_pxy - log_px[:, None])), 1)
   assert kl_y.max() > 0.05  # the classifier is not the posterior: the KL term matters
   xs = jnp.asarray(ALL_X, jnp.float32)

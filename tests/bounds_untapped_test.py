@@ -33,7 +33,14 @@ from untapped_jax.bounds import untapped
 from untapped_jax.evaluate import likelihood
 from untapped_jax.models import M2
 
+# The independent NumPy (float64) reference, built from the raw weight arrays.
+from numpy_reference import NumpyM2
+from numpy_reference import np_bernoulli
+from numpy_reference import np_log_normal
+from numpy_reference import np_logsumexp
+
 D, K, Z, H = 4, 3, 2, (6,)
+ACTIVATION = "tanh"
 ALL_X = np.array(list(itertools.product([0.0, 1.0], repeat=D)))  # [16, D]
 EYE = np.eye(K)
 PIXEL_PROBS = np.array([0.2, 0.7, 0.45, 0.9], np.float32)
@@ -41,7 +48,7 @@ PIXEL_PROBS = np.array([0.2, 0.7, 0.45, 0.9], np.float32)
 
 def _model(seed: int, *, bias_scale: float = 0.3, out_scale: float = 1.0) -> M2:
   """Tiny tanh M2 with non-zero random biases (the default init has zero biases)."""
-  model = M2(num_pixels=D, num_classes=K, latent_dim=Z, hidden=H, activation="tanh",
+  model = M2(num_pixels=D, num_classes=K, latent_dim=Z, hidden=H, activation=ACTIVATION,
              rngs=nnx.Rngs(seed))
   rs = np.random.RandomState(1000 + seed)
   for _, layer in nnx.iter_graph(model):
@@ -52,82 +59,6 @@ def _model(seed: int, *, bias_scale: float = 0.3, out_scale: float = 1.0) -> M2:
   last = model.encoder.net.layers[-1]
   last.kernel[...] = last.kernel[...] * out_scale
   return model
-
-
-# ---------------------------------------------------------------------------
-# Independent NumPy reference (float64), from the raw weight arrays.
-# ---------------------------------------------------------------------------
-
-def _np_linear(layer):
-  w = np.asarray(layer.kernel[...], np.float64)
-  bias = getattr(layer, "bias", None)
-  b = np.zeros(w.shape[1]) if bias is None else np.asarray(bias[...], np.float64)
-  return w, b
-
-
-def _np_mlp(layers, h):
-  for w, b in layers[:-1]:
-    h = np.tanh(h @ w + b)
-  w, b = layers[-1]
-  return h @ w + b
-
-
-def _np_log_sigmoid(a):
-  return -np.logaddexp(0.0, -a)
-
-
-def _np_bernoulli(x, logits):
-  return np.sum(x * _np_log_sigmoid(logits) + (1.0 - x) * _np_log_sigmoid(-logits), -1)
-
-
-def _np_log_normal(z, mean, log_var):
-  return np.sum(-0.5 * np.log(2 * np.pi) - 0.5 * log_var
-                - 0.5 * (z - mean) ** 2 / np.exp(log_var), -1)
-
-
-def _np_logsumexp(a, axis=-1):
-  m = np.max(a, axis=axis, keepdims=True)
-  return np.squeeze(m, axis) + np.log(np.sum(np.exp(a - m), axis=axis))
-
-
-class NumpyM2:
-  """NumPy forward passes of the three tanh networks."""
-
-  def __init__(self, model: M2):
-    self.cls = [_np_linear(l) for l in model.classifier.net.layers]
-    wx, bx = _np_linear(model.encoder.from_x)
-    wy, _ = _np_linear(model.encoder.from_y)
-    self.enc_first = (wx, wy, bx)
-    self.enc = [_np_linear(l) for l in model.encoder.net.layers]
-    self.dec = [_np_linear(l) for l in model.decoder.net.layers]
-
-  def log_q_y_given_x(self, x):  # [..., D] -> [..., K]
-    logits = _np_mlp(self.cls, np.asarray(x, np.float64))
-    return logits - _np_logsumexp(logits)[..., None]
-
-  def encode(self, x, y):  # -> mean, log_var [..., Z]
-    wx, wy, bx = self.enc_first
-    h = np.tanh(np.asarray(x, np.float64) @ wx + np.asarray(y, np.float64) @ wy + bx)
-    out = _np_mlp(self.enc, h)
-    return out[..., :Z], out[..., Z:]
-
-  def decoder_logits(self, y, z):  # y [K], z [..., Z] -> [..., D]
-    z = np.asarray(z, np.float64)
-    y = np.broadcast_to(np.asarray(y, np.float64), z.shape[:-1] + (K,))
-    return _np_mlp(self.dec, np.concatenate([y, z], -1))
-
-  def labeled_elbo(self, x, y, eps):  # eps [S, Z]
-    mean, log_var = self.encode(x, y)
-    z = mean + np.exp(0.5 * log_var) * eps
-    log_px = np.mean(_np_bernoulli(x, self.decoder_logits(y, z)))
-    kl = 0.5 * np.sum(mean ** 2 + np.exp(log_var) - 1.0 - log_var)
-    return log_px - np.log(K) - kl
-
-  def unlabeled_bound(self, x, eps_per_class):  # eps_per_class [K, S, Z]
-    log_q = self.log_q_y_given_x(x)
-    q = np.exp(log_q)
-    elbos = np.array([self.labeled_elbo(x, EYE[k], eps_per_class[k]) for k in range(K)])
-    return np.sum(q * (elbos - log_q))
 
 
 def _np_pixel_log_prior(probs):
@@ -142,7 +73,7 @@ def _np_uniform_log_prior(x):
 def _exact_log_q_y(ref: NumpyM2, np_log_prior_x) -> np.ndarray:
   """log q(y) = log sum_x q(x) q(y|x) over all 2^D binary images: [K]."""
   joint = np_log_prior_x(ALL_X)[:, None] + ref.log_q_y_given_x(ALL_X)  # [16, K]
-  return _np_logsumexp(joint, axis=0)
+  return np_logsumexp(joint, axis=0)
 
 
 def _quadrature_bound(ref: NumpyM2, np_log_prior_x, y, n=32) -> float:
@@ -152,10 +83,10 @@ def _quadrature_bound(ref: NumpyM2, np_log_prior_x, y, n=32) -> float:
   z = np.stack(np.meshgrid(nodes, nodes, indexing="ij"), -1).reshape(-1, Z)  # [G, Z]
   w = np.outer(weights, weights).reshape(-1)  # [G]
   logits = ref.decoder_logits(y, z)  # [G, D]
-  log_p_x = _np_bernoulli(ALL_X[None], logits[:, None])  # [G, 16]
+  log_p_x = np_bernoulli(ALL_X[None], logits[:, None])  # [G, 16]
   mean, log_var = ref.encode(ALL_X, np.broadcast_to(y, (len(ALL_X), K)))  # [16, Z]
-  log_q_z = _np_log_normal(z[:, None], mean[None], log_var[None])  # [G, 16]
-  log_p_z = _np_log_normal(z, 0.0, 0.0)[:, None]
+  log_q_z = np_log_normal(z[:, None], mean[None], log_var[None])  # [G, 16]
+  log_p_z = np_log_normal(z, 0.0, 0.0)[:, None]
   log_q_y = (ref.log_q_y_given_x(ALL_X) @ y)[None]
   integrand = np_log_prior_x(ALL_X)[None] + log_q_y + log_q_z - log_p_z - log_p_x
   return float(np.sum(w[:, None] * np.exp(log_p_x) * integrand))
@@ -209,7 +140,7 @@ def small_model():
 
 @pytest.mark.parametrize("prior", ["uniform", "pixel_bernoulli"])
 def test_bound_below_exact_log_q_y_and_matches_quadrature(small_model, prior):
-  ref = NumpyM2(small_model)
+  ref = NumpyM2(small_model, ACTIVATION)
   np_log_prior_x = (_np_uniform_log_prior if prior == "uniform"
                     else _np_pixel_log_prior(PIXEL_PROBS))
   exact = _exact_log_q_y(ref, np_log_prior_x)
@@ -234,7 +165,7 @@ def test_bound_below_exact_log_q_y_and_matches_quadrature(small_model, prior):
     assert abs(w.mean() - np.exp(exact[c])) < 5.0 * w.std() / np.sqrt(NUM), (
         c, w.mean(), np.exp(exact[c]))
     # log-mean-exp: at most log q(y) up to Monte Carlo error, and much closer than the bound.
-    is_est = float(_np_logsumexp(log_w) - np.log(NUM))
+    is_est = float(np_logsumexp(log_w) - np.log(NUM))
     rel_se = w.std() / (w.mean() * np.sqrt(NUM))
     assert is_est < exact[c] + 4.0 * rel_se, (c, is_est, exact[c], rel_se)
     assert abs(exact[c] - is_est) < 0.25 * (exact[c] - bound), (c, is_est, bound, exact[c])
@@ -247,7 +178,7 @@ def test_bound_below_exact_log_q_y_and_matches_quadrature(small_model, prior):
       small_model, y, key, log_prior_x=_jax_prior(prior, small_model), num_samples=NUM))(
           jnp.asarray(EYE[1], jnp.float32), keys[1])
   np.testing.assert_allclose(
-      [float(b), float(lq)], [all_log_w[1].mean(), _np_logsumexp(all_log_w[1]) - np.log(NUM)],
+      [float(b), float(lq)], [all_log_w[1].mean(), np_logsumexp(all_log_w[1]) - np.log(NUM)],
       rtol=1e-5, atol=1e-5)
 
 
@@ -265,7 +196,7 @@ def _np_template_mixture_log_prior(x):
   probs = np.clip(TEMPLATES, TEMPLATE_EPS, 1 - TEMPLATE_EPS)  # [K, D]
   x = np.asarray(x, np.float64)[..., None, :]
   comp = np.sum(x * np.log(probs) + (1 - x) * np.log1p(-probs), -1)  # [..., K]
-  return _np_logsumexp(comp - np.log(K), -1)
+  return np_logsumexp(comp - np.log(K), -1)
 
 
 def _template_mixture_log_prior(x, rng=None):
@@ -289,7 +220,7 @@ def _agreeing_model(*, enc_mean=(0.0, 0.0), enc_log_var=(0.0, 0.0)) -> M2:
   With enc zero, the gap is KL(p(x|y) || q(x|y)) ~ -log q(template_y|y) ~ 4e-3 nats;
   moving the encoder adds exactly KL(N(0, I) || N(enc_mean, exp(enc_log_var))).
   """
-  model = M2(num_pixels=D, num_classes=K, latent_dim=Z, hidden=H, activation="tanh",
+  model = M2(num_pixels=D, num_classes=K, latent_dim=Z, hidden=H, activation=ACTIVATION,
              rngs=nnx.Rngs(0))
   hid = H[0]
   # Decoder.
@@ -329,7 +260,7 @@ def _agreeing_model(*, enc_mean=(0.0, 0.0), enc_log_var=(0.0, 0.0)) -> M2:
 
 def _gaps(model, prior, np_log_prior_x, seed=0):
   """(exact log q(y) - Monte Carlo bound, the bounds' standard errors, the bounds): [K] each."""
-  exact = _exact_log_q_y(NumpyM2(model), np_log_prior_x)
+  exact = _exact_log_q_y(NumpyM2(model, ACTIVATION), np_log_prior_x)
   log_w = _log_weights(model, EYE, jax.random.split(jax.random.key(seed), K), prior=prior,
                        num=NUM)
   means = log_w.mean(1)
@@ -343,22 +274,22 @@ def _exact_gap_z_free(ref: NumpyM2, np_log_prior_x) -> np.ndarray:
   q(x|y) = q(x) q(y|x) / q(y): [K].
   """
   joint = np_log_prior_x(ALL_X)[:, None] + ref.log_q_y_given_x(ALL_X)  # [16, K]
-  log_q_x_given_y = joint - _np_logsumexp(joint, 0)[None]
+  log_q_x_given_y = joint - np_logsumexp(joint, 0)[None]
   out = []
   for c in range(K):
-    log_p = _np_bernoulli(ALL_X, ref.decoder_logits(EYE[c], np.zeros((1, Z))))  # [16]
+    log_p = np_bernoulli(ALL_X, ref.decoder_logits(EYE[c], np.zeros((1, Z))))  # [16]
     out.append(np.sum(np.exp(log_p) * (log_p - log_q_x_given_y[:, c])))
   return np.array(out)
 
 
 def test_gap_small_when_decoder_classifier_encoder_and_prior_agree():
   agree = _agreeing_model()
-  ref = NumpyM2(agree)
+  ref = NumpyM2(agree, ACTIVATION)
   # The hand-set networks do what the docstring says.
   np.testing.assert_array_equal(ref.decoder_logits(EYE[1], np.array([[5.0, -3.0]])) > 0,
                                 TEMPLATES[1][None] > 0)
   assert np.all(np.exp(np.diag(ref.log_q_y_given_x(TEMPLATES))) > 1 - 1e-6)
-  np.testing.assert_allclose(np.exp(_np_logsumexp(_np_template_mixture_log_prior(ALL_X),
+  np.testing.assert_allclose(np.exp(np_logsumexp(_np_template_mixture_log_prior(ALL_X),
                                                   0)), 1.0, rtol=1e-9)
   # The JAX prior passed to the bound is the same distribution.
   np.testing.assert_allclose(
@@ -409,7 +340,7 @@ def _replicate_draws(model, y, draw_keys):
   draw_keys are split(rng, num_samples) (or its first few); each is split into
   (z_key, x_key, prior_key), z = normal(z_key), x = bernoulli(x_key, sigmoid(logits)).
   """
-  ref = NumpyM2(model)
+  ref = NumpyM2(model, ACTIVATION)
   zs, xs, prior_keys = [], [], []
   for key in draw_keys:
     z_key, x_key, prior_key = jax.random.split(key, 3)
@@ -435,7 +366,7 @@ def _np_integrand(ref: NumpyM2, y, z, x, log_qx, smoothing=1.0) -> float:
 @pytest.mark.parametrize("prior,smoothing", [("pixel_bernoulli", 1.0), ("uniform", 1.0),
                                              ("model", 0.8)])
 def test_integrand_term_by_term(small_model, prior, smoothing):
-  ref = NumpyM2(small_model)
+  ref = NumpyM2(small_model, ACTIVATION)
   c, num = 2, 6
   y = EYE[c]
   # The enumeration test's call (a jit-cache hit for two of the priors); check the
@@ -675,7 +606,7 @@ def test_lambda_zero_is_m2_exactly_and_lambda_adds_label_only_mean():
   assert any(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(g_m2))
 
   # The M2 part against NumPy: -(w_l mean(L + alpha log q) + w_u mean(U)).
-  ref = NumpyM2(model)
+  ref = NumpyM2(model, ACTIVATION)
   rng_l, rng_u = jax.random.split(m2_rng)
   xl, yl = np.asarray(batch["labeled"]["x"]), np.asarray(batch["labeled"]["y"])
   xu = np.asarray(batch["unlabeled"]["x"])

@@ -25,6 +25,10 @@ from untapped_jax.evaluate import likelihood
 from untapped_jax.evaluate import semantic
 from untapped_jax.models import M2
 
+from numpy_reference import np_bernoulli
+from numpy_reference import np_layers
+from numpy_reference import np_mlp
+
 DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
 needs_mnist = pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")
 
@@ -440,24 +444,6 @@ def test_semantic_report_with_a_hand_built_model(evaluator, mnist_data):
 # ----------------------------------------------------------------------------- likelihood
 
 
-def _softplus(v):
-  return np.logaddexp(0.0, v)
-
-
-def numpy_mlp(layers, h):
-  for i, layer in enumerate(layers):
-    h = h @ np.asarray(layer.kernel[...], np.float64) + np.asarray(layer.bias[...],
-                                                                    np.float64)
-    if i < len(layers) - 1:
-      h = _softplus(h)
-  return h
-
-
-def bernoulli_logpmf(x, logits):
-  """log prod_d Bernoulli(x_d; sigmoid(logits_d)), broadcast over leading axes."""
-  return np.sum(x * -np.logaddexp(0.0, -logits) + (1 - x) * -np.logaddexp(0.0, logits), -1)
-
-
 def test_label_only_report_against_exact_enumeration():
   # A tiny model where both figures have closed forms over all 2^6 images: the
   # encoder outputs mean 0, log-variance 0 (q(z|x,y) = p(z)) and the decoder ignores
@@ -491,11 +477,11 @@ def test_label_only_report_against_exact_enumeration():
   all_x = np.array(list(itertools.product([0.0, 1.0], repeat=d)))  # [64, D]
   p = pixel_probs.astype(np.float64)
   log_q_x = (all_x * np.log(p) + (1 - all_x) * np.log1p(-p)).sum(1)  # [64]
-  logits = numpy_mlp(model.classifier.net.layers, all_x)
+  logits = np_mlp(np_layers(model.classifier.net), all_x, "softplus")
   log_q_y_given_x = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)  # [64, K]
-  dec_logits = numpy_mlp(model.decoder.net.layers,
-                         np.concatenate([np.eye(k), np.zeros((k, z_dim))], 1))  # [K, D]
-  log_p_x_given_y = bernoulli_logpmf(all_x[None], dec_logits[:, None])  # [K, 64]
+  dec_logits = np_mlp(np_layers(model.decoder.net),
+                      np.concatenate([np.eye(k), np.zeros((k, z_dim))], 1), "softplus")  # [K, D]
+  log_p_x_given_y = np_bernoulli(all_x[None], dec_logits[:, None])  # [K, 64]
   np.testing.assert_allclose(np.exp(log_p_x_given_y).sum(1), 1.0, rtol=1e-9)
   log_w = log_q_x[None] + log_q_y_given_x.T - log_p_x_given_y  # [K, 64]
   pmf = np.exp(log_p_x_given_y)
