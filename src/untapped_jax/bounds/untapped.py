@@ -66,14 +66,13 @@ def smooth_labels(y: jax.Array, smoothing: float) -> jax.Array:
   return y * smoothing + (1.0 - y) * (1.0 - smoothing) / (k - 1)
 
 
-def label_only_log_weights(model: M2, y: jax.Array, rng: jax.Array, *,
-                           log_prior_x: LogPriorX, estimator: str = "straight_through",
-                           temperature: float = 0.5, num_samples: int = 1,
-                           label_smoothing: float = 1.0) -> jax.Array:
-  """The bound's integrand at `num_samples` draws (z, x) ~ p(z)p(x|y,z): y [K] -> [S].
+def label_only_log_terms(model: M2, y: jax.Array, rng: jax.Array, *,
+                         log_prior_x: LogPriorX, estimator: str = "straight_through",
+                         temperature: float = 0.5, num_samples: int = 1,
+                         label_smoothing: float = 1.0) -> dict[str, jax.Array]:
+  """The integrand's five log-densities at `num_samples` draws (z, x) ~ p(z)p(x|y,z).
 
-  Each entry is log [q(x) q(y|x) q(z|x,y) / (p(z) p(x|y,z))]: their mean is the
-  bound, their log-mean-exp an importance-sampling estimate of log q(y).
+  y [K] -> {'log_q_x', 'log_q_y_given_x', 'log_q_z', 'log_p_z', 'log_p_x'}, each [S].
   `label_smoothing` < 1 softens the target of the log q(y|x) term only; the decoder
   is always conditioned on y itself.
   """
@@ -85,12 +84,29 @@ def label_only_log_weights(model: M2, y: jax.Array, rng: jax.Array, *,
     logits = model.decoder(y, z)
     x = sample_x(logits, x_key, estimator=estimator, temperature=temperature)
     mean, log_var = model.encoder(x, y)
-    log_q_y = jnp.sum(target * jax.nn.log_softmax(model.classifier(x)))
-    log_p_z = gaussian_log_prob(z, jnp.zeros_like(z), jnp.zeros_like(z))
-    return (log_prior_x(x, prior_key) + log_q_y + gaussian_log_prob(z, mean, log_var)
-            - log_p_z - m2.bernoulli_log_prob(x, logits))
+    return {"log_q_x": log_prior_x(x, prior_key),
+            "log_q_y_given_x": jnp.sum(target * jax.nn.log_softmax(model.classifier(x))),
+            "log_q_z": gaussian_log_prob(z, mean, log_var),
+            "log_p_z": gaussian_log_prob(z, jnp.zeros_like(z), jnp.zeros_like(z)),
+            "log_p_x": m2.bernoulli_log_prob(x, logits)}
 
   return jax.vmap(one_draw)(jax.random.split(rng, num_samples))
+
+
+def log_weights_from_terms(terms: dict[str, jax.Array]) -> jax.Array:
+  """log [q(x) q(y|x) q(z|x,y) / (p(z) p(x|y,z))] from label_only_log_terms' dict."""
+  return (terms["log_q_x"] + terms["log_q_y_given_x"] + terms["log_q_z"]
+          - terms["log_p_z"] - terms["log_p_x"])
+
+
+def label_only_log_weights(model: M2, y: jax.Array, rng: jax.Array, **kwargs) -> jax.Array:
+  """The bound's integrand at `num_samples` draws (z, x) ~ p(z)p(x|y,z): y [K] -> [S].
+
+  Each entry is log [q(x) q(y|x) q(z|x,y) / (p(z) p(x|y,z))]: their mean is the
+  bound, their log-mean-exp an importance-sampling estimate of log q(y). Keyword
+  arguments as label_only_log_terms.
+  """
+  return log_weights_from_terms(label_only_log_terms(model, y, rng, **kwargs))
 
 
 def label_only_bound(model: M2, y: jax.Array, rng: jax.Array, *, log_prior_x: LogPriorX,
