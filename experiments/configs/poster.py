@@ -35,6 +35,9 @@ def get_config(arg=None):
   c.train.num_steps = 10000
   c.train.eval_every = 1000
   c.eval.semantic = True
+  # Validation accuracy counts dimensions 5-9 as right only when they land on their
+  # own digit by chance, so it is no guide to which parameters are best here.
+  c.train.select_by = "final"
   if args["runlocal"]:
     shrink_for_runlocal(c)
   return c

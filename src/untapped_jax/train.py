@@ -189,6 +189,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   bar = tqdm.trange(int(state.step), num_steps, disable=not config.train.progress_bar,
                     desc="train", dynamic_ncols=True)
   time_limit = config.train.time_limit_s
+  if config.train.select_by not in ("validation_accuracy", "final"):
+    raise ValueError(f"train.select_by={config.train.select_by!r}; expected "
+                     "'validation_accuracy' or 'final'.")
+  select_best = config.train.select_by == "validation_accuracy"
   for step in bar:
     state, metrics = train_step(state, streams_lib.batch_at(streams, step))
     history.append(metrics)
@@ -205,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if done % config.train.eval_every == 0 or done == num_steps:
         val = evaluate_on(state.params, splits.validation)
         record.update({f"validation/{k}": v for k, v in val.items()})
-        if val["accuracy"] > float(best["accuracy"]):
+        if select_best and val["accuracy"] > float(best["accuracy"]):
           best = {"params": state.params, "accuracy": jnp.asarray(val["accuracy"]),
                   "step": jnp.asarray(done)}
       bar.set_postfix(loss=f"{record['train/loss']:.2f}",
@@ -221,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager.wait_until_finished()
 
   final_val = evaluate_on(state.params, splits.validation)
-  if final_val["accuracy"] > float(best["accuracy"]):
+  if not select_best or final_val["accuracy"] > float(best["accuracy"]):
     best = {"params": state.params, "accuracy": jnp.asarray(final_val["accuracy"]),
             "step": jnp.asarray(num_steps)}
   test = evaluate_on(best["params"], splits.test)
@@ -230,7 +234,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "test_labeled_elbo": test["labeled_elbo"],
       "test_unlabeled_bound": test["unlabeled_bound"],
       "best_validation_accuracy": float(best["accuracy"]),
-      "best_step": int(best["step"]),
+      "best_step": int(best["step"]),  # the step of the parameters evaluated on test
+      "select_by": config.train.select_by,
       "final_validation": final_val,
       "num_steps": num_steps,
       "labeled_epochs": streams["labeled"].epochs_at(num_steps),

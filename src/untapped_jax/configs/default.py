@@ -55,6 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 1000
   c.train.checkpoint_every = 5000  # 0: no checkpoints
   c.train.progress_bar = True
+  # Parameters evaluated on test: those of the best validation accuracy, or the last.
+  c.train.select_by = "validation_accuracy"  # 'validation_accuracy' | 'final'
   c.train.time_limit_s = 0.0  # > 0: stop (and evaluate) once training took this long
 
   c.eval = ml_collections.ConfigDict()
