@@ -21,7 +21,8 @@ def row(workdir: str) -> str:
   setting = c["model_name"] if c["model_name"] == "m2" else (
       f"untapped λ={o['label_only_weight']:g}, q(x)={o['image_prior']}, x={o['x_estimator']}")
   cells = [f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in COLUMNS]
-  return f"| {os.path.basename(os.path.normpath(workdir))} | {setting} | " + " | ".join(cells) + " |"
+  name = os.path.relpath(os.path.normpath(workdir), "runs")
+  return f"| {name} | {setting} | " + " | ".join(cells) + " |"
 
 
 def main(workdirs):
