@@ -72,7 +72,7 @@ def make_train_step(loss_fn: objective.LossFn, tx: optax.GradientTransformation,
         state.params, batch, loss_rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                          rng=rng), metrics
 
