@@ -162,14 +162,35 @@ def loss_fn_for_splits(config, graphdef, splits) -> objective.LossFn:
                        pixel_probs=untapped.fit_pixel_bernoulli(train_images))
 
 
+SELECT_BY = ("validation_accuracy", "final")
+
+
+def _save_checkpoint(manager, step: int, state: TrainState, best: dict) -> None:
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             best=ocp.args.StandardSave(best)))
+
+
+def _restore_checkpoint(manager, state: TrainState, best: dict):
+  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(state), best=ocp.args.StandardRestore(best)))
+  logging.info("resumed from step %d", int(restored.state.step))
+  return restored.state, restored.best
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir`; returns (and writes) results.json's content."""
+  """Trains `config` in `workdir`; returns (and writes) results.json's content.
+
+  The returned dict also holds the objects a caller may want to inspect:
+  'best_params', 'state', 'graphdef', 'splits'.
+  """
+  if config.train.select_by not in SELECT_BY:
+    raise ValueError(f"train.select_by={config.train.select_by!r}; expected one of {SELECT_BY}.")
   os.makedirs(workdir, exist_ok=True)
   files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   data, splits, streams = prepare(config)
   graphdef, tx, state = create_train_state(config, seed=config.seed)
-  loss_fn = loss_fn_for_splits(config, graphdef, splits)
-  train_step = make_train_step(loss_fn, tx, binarization=config.data.binarization)
+  train_step = make_train_step(loss_fn_for_splits(config, graphdef, splits), tx,
+                               binarization=config.data.binarization)
   eval_batch = make_eval_batch(graphdef, num_classes=config.model.num_classes)
   evaluate_on = lambda params, split: evaluate(
       eval_batch, params, split, batch_size=config.train.eval_batch_size,
@@ -178,54 +199,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   best = {"params": state.params, "accuracy": jnp.asarray(-1.0), "step": jnp.asarray(0)}
   manager = _checkpoint_manager(workdir, config)
   if manager is not None and manager.latest_step() is not None:
-    restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state), best=ocp.args.StandardRestore(best)))
-    state, best = restored.state, restored.best
-    logging.info("resumed from step %d", int(state.step))
-
-  num_steps = config.train.num_steps
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  history, start_time = [], time.time()
-  bar = tqdm.trange(int(state.step), num_steps, disable=not config.train.progress_bar,
-                    desc="train", dynamic_ncols=True)
-  time_limit = config.train.time_limit_s
-  if config.train.select_by not in ("validation_accuracy", "final"):
-    raise ValueError(f"train.select_by={config.train.select_by!r}; expected "
-                     "'validation_accuracy' or 'final'.")
-  select_best = config.train.select_by == "validation_accuracy"
-  for step in bar:
-    state, metrics = train_step(state, streams_lib.batch_at(streams, step))
-    history.append(metrics)
-    done = step + 1
-    if time_limit and time.time() - start_time > time_limit and done < num_steps:
-      logging.info("train.time_limit_s=%s reached at step %d", time_limit, done)
-      num_steps = done  # end here as if configured so: log, evaluate, checkpoint
-    if done % config.train.log_every == 0 or done == num_steps:
-      record = {"step": done, "wall_s": time.time() - start_time,
-                "labeled_epochs": streams["labeled"].epochs_at(done),
-                "unlabeled_epochs": streams["unlabeled"].epochs_at(done),
-                **{f"train/{k}": v for k, v in _mean_metrics(history).items()}}
-      history = []
-      if done % config.train.eval_every == 0 or done == num_steps:
-        val = evaluate_on(state.params, splits.validation)
-        record.update({f"validation/{k}": v for k, v in val.items()})
-        if select_best and val["accuracy"] > float(best["accuracy"]):
-          best = {"params": state.params, "accuracy": jnp.asarray(val["accuracy"]),
-                  "step": jnp.asarray(done)}
-      bar.set_postfix(loss=f"{record['train/loss']:.2f}",
-                      acc=f"{record.get('validation/accuracy', float('nan')):.3f}")
-      with open(metrics_path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-    if manager is not None and (done % config.train.checkpoint_every == 0 or done == num_steps):
-      manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 best=ocp.args.StandardSave(best)))
-    if done == num_steps:
-      break
-  if manager is not None:
-    manager.wait_until_finished()
+    state, best = _restore_checkpoint(manager, state, best)
+  start_time = time.time()
+  state, best, num_steps = _train_loop(config, workdir, state, best, train_step=train_step,
+                                       streams=streams, manager=manager,
+                                       validate=lambda p: evaluate_on(p, splits.validation))
+  train_wall_s = time.time() - start_time
 
   final_val = evaluate_on(state.params, splits.validation)
-  if not select_best or final_val["accuracy"] > float(best["accuracy"]):
+  if config.train.select_by == "final" or final_val["accuracy"] > float(best["accuracy"]):
     best = {"params": state.params, "accuracy": jnp.asarray(final_val["accuracy"]),
             "step": jnp.asarray(num_steps)}
   test = evaluate_on(best["params"], splits.test)
@@ -241,7 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "labeled_epochs": streams["labeled"].epochs_at(num_steps),
       "unlabeled_epochs": streams["unlabeled"].epochs_at(num_steps),
       "split_sizes": splits.sizes(),
-      "train_wall_s": time.time() - start_time,
+      "train_wall_s": train_wall_s,
       "seed": config.seed,
   }
   if config.eval.semantic:
@@ -251,3 +233,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info("results: %s", results)
   return {**results, "best_params": best["params"], "state": state, "graphdef": graphdef,
           "splits": splits}
+
+
+def _train_loop(config, workdir, state, best, *, train_step, streams, manager, validate):
+  """Steps from state.step to train.num_steps (or the time limit); logs, validates,
+  checkpoints. Returns (state, best, the step it stopped at)."""
+  num_steps, time_limit = config.train.num_steps, config.train.time_limit_s
+  select_best = config.train.select_by == "validation_accuracy"
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  history, start_time = [], time.time()
+  bar = tqdm.trange(int(state.step), num_steps, disable=not config.train.progress_bar,
+                    desc="train", dynamic_ncols=True)
+  for step in bar:
+    state, metrics = train_step(state, streams_lib.batch_at(streams, step))
+    history.append(metrics)
+    done = step + 1
+    if time_limit and time.time() - start_time > time_limit and done < num_steps:
+      logging.info("train.time_limit_s=%s reached at step %d", time_limit, done)
+      num_steps = done  # end here as if configured so: log, evaluate, checkpoint
+    if done % config.train.log_every == 0 or done == num_steps:
+      record = {"step": done, "wall_s": time.time() - start_time,
+                "labeled_epochs": streams["labeled"].epochs_at(done),
+                "unlabeled_epochs": streams["unlabeled"].epochs_at(done),
+                **{f"train/{k}": v for k, v in _mean_metrics(history).items()}}
+      history = []
+      if done % config.train.eval_every == 0 or done == num_steps:
+        val = validate(state.params)
+        record.update({f"validation/{k}": v for k, v in val.items()})
+        if select_best and val["accuracy"] > float(best["accuracy"]):
+          best = {"params": state.params, "accuracy": jnp.asarray(val["accuracy"]),
+                  "step": jnp.asarray(done)}
+      bar.set_postfix(loss=f"{record['train/loss']:.2f}",
+                      acc=f"{record.get('validation/accuracy', float('nan')):.3f}")
+      with open(metrics_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if manager is not None and (done % config.train.checkpoint_every == 0 or done == num_steps):
+      _save_checkpoint(manager, done, state, best)
+    if done == num_steps:
+      break
+  if manager is not None:
+    manager.wait_until_finished()
+  return state, best, int(state.step)
