@@ -16,7 +16,6 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
-from untapped_jax import objective
 from untapped_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -28,6 +27,14 @@ _MATMUL = flags.DEFINE_integer("matmul_size", 1024, "Square matmul size for the 
 def mlp_macs(din, hidden, dout):
   sizes = [din, *hidden, dout]
   return sum(a * b for a, b in zip(sizes, sizes[1:]))
+
+
+def label_only_forward_macs(config, *, classifier: int, encoder: int, decoder: int) -> int:
+  """Multiply-accumulates of one label-only example's forward pass."""
+  o = config.objective
+  prior = classifier + config.model.num_classes * (encoder + decoder) if (
+      o.image_prior == "model") else 0
+  return o.label_only_num_samples * (decoder + encoder + classifier + prior)
 
 
 def forward_flops_per_step(config) -> dict[str, float]:
@@ -44,7 +51,7 @@ def forward_flops_per_step(config) -> dict[str, float]:
           classifier + encoder_x + k * (encoder - encoder_x + s * decoder)),
   }
   if config.model_name == "untapped":
-    flops["label_only"] = 2 * d.label_only_batch_size * objective.label_only_forward_macs(
+    flops["label_only"] = 2 * d.label_only_batch_size * label_only_forward_macs(
         config, classifier=classifier, encoder=encoder, decoder=decoder)
   return flops
 

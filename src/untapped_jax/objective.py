@@ -140,10 +140,3 @@ def make_loss_fn(graphdef: nnx.GraphDef, weights: StreamWeights, *, num_samples:
 
   return loss_fn
 
-
-def label_only_forward_macs(config, *, classifier: int, encoder: int, decoder: int) -> int:
-  """Multiply-accumulates of one label-only example's forward pass (for benchmarks)."""
-  o = config.objective
-  prior = classifier + config.model.num_classes * (encoder + decoder) if (
-      o.image_prior == "model") else 0
-  return o.label_only_num_samples * (decoder + encoder + classifier + prior)

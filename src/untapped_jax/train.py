@@ -155,11 +155,10 @@ def build_loss_fn(config, graphdef, *, num_labeled: int, num_unlabeled: int,
 
 
 def loss_fn_for_splits(config, graphdef, splits) -> objective.LossFn:
-  train_images = np.concatenate([splits.labeled.images, splits.unlabeled.images])
   return build_loss_fn(config, graphdef, num_labeled=len(splits.labeled),
                        num_unlabeled=len(splits.unlabeled),
                        num_label_only=len(splits.label_only),
-                       pixel_probs=untapped.fit_pixel_bernoulli(train_images))
+                       pixel_probs=untapped.fit_pixel_bernoulli(splits.train_images))
 
 
 SELECT_BY = ("validation_accuracy", "final")

@@ -41,6 +41,11 @@ class Splits:
   validation: Split
   test: Split
 
+  @property
+  def train_images(self) -> np.ndarray:
+    """Every training image the model sees (labeled, then unlabeled): uint8 [N, 784]."""
+    return np.concatenate([self.labeled.images, self.unlabeled.images])
+
   def sizes(self) -> dict[str, int]:
     return {f.name: len(getattr(self, f.name)) for f in dataclasses.fields(self)}
 

@@ -30,9 +30,8 @@ def evaluate_run(config, workdir: str, *, graphdef, params, splits, mnist) -> di
       num_per_class=config.eval.samples_per_class)
   results["evaluator_test_accuracy"] = evaluator_accuracy
 
-  train_images = np.concatenate([splits.labeled.images, splits.unlabeled.images])
   settings = objective.LabelOnlySettings.from_config(
-      config.objective, pixel_probs=untapped.fit_pixel_bernoulli(train_images))
+      config.objective, pixel_probs=untapped.fit_pixel_bernoulli(splits.train_images))
   results.update(likelihood.label_only_report(
       graphdef, params, settings, test_labels=splits.test.labels,
       rng=jax.random.fold_in(rng, 2), num_samples=config.eval.label_only_num_samples))
