@@ -19,10 +19,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
-import numpy as np
-import scipy.stats
-
 from untapped_jax import files
+from untapped_jax.stats import mean_and_interval
 from untapped_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -37,15 +35,6 @@ flags.mark_flags_as_required(["workdir"])
 METRICS = ("distinct_digits", "heldout_accuracy", "seen_accuracy", "self_consistency",
            "test_accuracy", "permuted_test_accuracy", "test_label_only_bound",
            "test_log_q_y_is", "label_only_gap", "test_unlabeled_bound", "test_labeled_elbo")
-
-
-def mean_and_interval(values) -> tuple[float, float]:
-  """Mean and the half-width of its 95% Student-t interval (nan for one value)."""
-  values = np.asarray(values, float)
-  if len(values) < 2:
-    return float(values.mean()), float("nan")
-  sem = values.std(ddof=1) / np.sqrt(len(values))
-  return float(values.mean()), float(scipy.stats.t.ppf(0.975, len(values) - 1) * sem)
 
 
 def run_dir(root: str, model: str, seed: int) -> str:

@@ -22,13 +22,27 @@ def activation_fn(name: str):
   return ACTIVATIONS[name]
 
 
+KERNEL_INITS = ("lecun_normal", "normal")
+
+
+def kernel_initializer(name: str = "lecun_normal", stddev: float = 1e-3):
+  """flax's default (LeCun normal) or N(0, stddev^2), as the authors' Theano code."""
+  if name == "lecun_normal":
+    return nnx.initializers.lecun_normal()
+  if name == "normal":
+    return nnx.initializers.normal(stddev)
+  raise ValueError(f"model.kernel_init={name!r}; expected one of {KERNEL_INITS}.")
+
+
 class MLP(nnx.Module):
   """Linear layers with `activation` between them (none after the last)."""
 
   def __init__(self, din: int, hidden: Sequence[int], dout: int, *, activation: str,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, kernel_init=None):
     sizes = [din, *hidden, dout]
-    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+    init = kernel_init or kernel_initializer()
+    self.layers = nnx.List([nnx.Linear(a, b, kernel_init=init, rngs=rngs)
+                            for a, b in zip(sizes, sizes[1:])])
     self.activation = activation_fn(activation)
 
   def __call__(self, h: jax.Array) -> jax.Array:
@@ -40,8 +54,9 @@ class MLP(nnx.Module):
 class Classifier(nnx.Module):
   """q(y|x): x [..., D] -> logits [..., K]."""
 
-  def __init__(self, *, num_pixels, num_classes, hidden, activation, rngs):
-    self.net = MLP(num_pixels, hidden, num_classes, activation=activation, rngs=rngs)
+  def __init__(self, *, num_pixels, num_classes, hidden, activation, rngs, kernel_init=None):
+    self.net = MLP(num_pixels, hidden, num_classes, activation=activation, rngs=rngs,
+                   kernel_init=kernel_init)
 
   def __call__(self, x):
     return self.net(x)
@@ -55,13 +70,17 @@ class Encoder(nnx.Module):
   depend on the vmapped y and is computed once per image, not K times.
   """
 
-  def __init__(self, *, num_pixels, num_classes, latent_dim, hidden, activation, rngs):
+  def __init__(self, *, num_pixels, num_classes, latent_dim, hidden, activation, rngs,
+               kernel_init=None):
     if not hidden:
       raise ValueError("model.hidden=(): the encoder needs at least one hidden layer.")
-    self.from_x = nnx.Linear(num_pixels, hidden[0], rngs=rngs)
-    self.from_y = nnx.Linear(num_classes, hidden[0], use_bias=False, rngs=rngs)
+    init = kernel_init or kernel_initializer()
+    self.from_x = nnx.Linear(num_pixels, hidden[0], kernel_init=init, rngs=rngs)
+    self.from_y = nnx.Linear(num_classes, hidden[0], use_bias=False, kernel_init=init,
+                             rngs=rngs)
     self.activation = activation_fn(activation)
-    self.net = MLP(hidden[0], hidden[1:], 2 * latent_dim, activation=activation, rngs=rngs)
+    self.net = MLP(hidden[0], hidden[1:], 2 * latent_dim, activation=activation, rngs=rngs,
+                   kernel_init=kernel_init)
 
   def __call__(self, x, y):
     h = self.activation(self.from_x(x) + self.from_y(y))
@@ -72,9 +91,10 @@ class Encoder(nnx.Module):
 class Decoder(nnx.Module):
   """p(x|y,z), independent Bernoulli pixels: (y [..., K], z [..., Z]) -> logits [..., D]."""
 
-  def __init__(self, *, num_pixels, num_classes, latent_dim, hidden, activation, rngs):
+  def __init__(self, *, num_pixels, num_classes, latent_dim, hidden, activation, rngs,
+               kernel_init=None):
     self.net = MLP(num_classes + latent_dim, hidden, num_pixels, activation=activation,
-                   rngs=rngs)
+                   rngs=rngs, kernel_init=kernel_init)
 
   def __call__(self, y, z):
     return self.net(jnp.concatenate([y, z], -1))
@@ -85,10 +105,10 @@ class M2(nnx.Module):
 
   def __init__(self, *, num_pixels: int = 784, num_classes: int = 10, latent_dim: int = 50,
                hidden: Sequence[int] = (500,), activation: str = "softplus",
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, kernel_init=None):
     self.num_pixels, self.num_classes, self.latent_dim = num_pixels, num_classes, latent_dim
     common = dict(num_pixels=num_pixels, num_classes=num_classes, hidden=tuple(hidden),
-                  activation=activation, rngs=rngs)
+                  activation=activation, rngs=rngs, kernel_init=kernel_init)
     self.classifier = Classifier(**common)
     self.encoder = Encoder(latent_dim=latent_dim, **common)
     self.decoder = Decoder(latent_dim=latent_dim, **common)
@@ -98,4 +118,5 @@ def build(model_config: Any, *, seed: int) -> M2:
   """M2 from the `model` ConfigDict, initialised from `seed`."""
   return M2(num_pixels=model_config.num_pixels, num_classes=model_config.num_classes,
             latent_dim=model_config.latent_dim, hidden=tuple(model_config.hidden),
-            activation=model_config.activation, rngs=nnx.Rngs(seed))
+            activation=model_config.activation, rngs=nnx.Rngs(seed),
+            kernel_init=kernel_initializer(model_config.kernel_init, model_config.init_stddev))

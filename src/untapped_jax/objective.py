@@ -38,6 +38,20 @@ class StreamWeights:
   classification: float  # alpha
 
   @classmethod
+  def from_batch_means(cls, *, labeled: float, unlabeled: float, classification: float,
+                       label_only: float) -> "StreamWeights":
+    """Plain coefficients of each stream's batch mean (the authors' weighting):
+
+      J_hat = labeled mean(L) + classification mean(log q(y|x)) + unlabeled mean(U)
+              + label_only mean(B).
+    """
+    if labeled <= 0:
+      raise ValueError(f"objective.labeled_weight={labeled}: expected > 0 with "
+                       "stream_weighting='batch_mean'.")
+    return cls(labeled=labeled, unlabeled=unlabeled, label_only=label_only,
+               classification=classification / labeled)
+
+  @classmethod
   def from_sizes(cls, *, num_labeled: int, num_unlabeled: int, num_label_only: int,
                  classification_weight: float, label_only_weight: float) -> "StreamWeights":
     if num_labeled < 1:
@@ -50,16 +64,23 @@ class StreamWeights:
 
 @dataclasses.dataclass(frozen=True)
 class LabelOnlySettings:
-  """How the label-only bound is estimated (config.objective's label-only keys)."""
+  """How the label-only term is computed (config.objective's label-only keys)."""
+  objective: str = "bound"
   estimator: str = "straight_through"
   temperature: float = 0.5
   num_samples: int = 1
   label_smoothing: float = 1.0
   image_prior: str = "pixel_bernoulli"
   prior_stop_gradient: bool = True
+  sleep_terms: tuple[str, ...] = ()
   pixel_probs: np.ndarray | None = dataclasses.field(default=None, compare=False)
+  # [K, num_samples, Z]: fixed z draws per class (objective.label_only_z='fixed').
+  fixed_z: np.ndarray | None = dataclasses.field(default=None, compare=False)
 
   def __post_init__(self):
+    if self.objective not in untapped.LABEL_ONLY_OBJECTIVES:
+      raise ValueError(f"objective.label_only={self.objective!r}; "
+                       f"expected one of {untapped.LABEL_ONLY_OBJECTIVES}.")
     if self.estimator not in untapped.ESTIMATORS:
       raise ValueError(f"objective.x_estimator={self.estimator!r}; "
                        f"expected one of {untapped.ESTIMATORS}.")
@@ -70,14 +91,22 @@ class LabelOnlySettings:
       raise ValueError("image_prior='pixel_bernoulli' needs pixel_probs fitted to images.")
     if not 0.0 < self.label_smoothing <= 1.0:
       raise ValueError(f"objective.label_smoothing={self.label_smoothing}; expected (0, 1].")
+    bad = [t for t in self.sleep_terms if t not in untapped.SLEEP_OPTIONAL_TERMS]
+    if bad:
+      raise ValueError(f"objective.sleep_terms={tuple(self.sleep_terms)}: {bad} not in "
+                       f"{untapped.SLEEP_OPTIONAL_TERMS}.")
+    if self.num_samples < 1:
+      raise ValueError(f"objective.label_only_num_samples={self.num_samples}; expected >= 1.")
 
   @classmethod
-  def from_config(cls, objective_config, *, pixel_probs=None) -> "LabelOnlySettings":
+  def from_config(cls, objective_config, *, pixel_probs=None, fixed_z=None
+                  ) -> "LabelOnlySettings":
     o = objective_config
-    return cls(estimator=o.x_estimator, temperature=o.relaxed_temperature,
-               num_samples=o.label_only_num_samples, label_smoothing=o.label_smoothing,
-               image_prior=o.image_prior, prior_stop_gradient=o.image_prior_stop_gradient,
-               pixel_probs=pixel_probs)
+    return cls(objective=o.label_only, estimator=o.x_estimator,
+               temperature=o.relaxed_temperature, num_samples=o.label_only_num_samples,
+               label_smoothing=o.label_smoothing, image_prior=o.image_prior,
+               prior_stop_gradient=o.image_prior_stop_gradient,
+               sleep_terms=tuple(o.sleep_terms), pixel_probs=pixel_probs, fixed_z=fixed_z)
 
   def log_prior_x(self, graphdef, params) -> untapped.LogPriorX:
     if self.image_prior == "uniform":
@@ -91,34 +120,82 @@ class LabelOnlySettings:
 
 def batch_terms(model, batch: Batch, rng: jax.Array, *, num_samples: int = 1
                 ) -> dict[str, jax.Array]:
-  """Per-example M2 terms of the labeled and unlabeled streams, vmapped: name -> [B]."""
+  """Per-example M2 terms of the labeled and unlabeled streams, vmapped: name -> [B].
+
+  Also 'unlabeled_elbos' and 'unlabeled_log_q' [B, K], which the batch-level
+  label-only objectives reuse (they are not metrics).
+  """
   rng_l, rng_u = jax.random.split(rng)
   xl, yl, xu = batch["labeled"]["x"], batch["labeled"]["y"], batch["unlabeled"]["x"]
   elbo = lambda x, y, key: m2.labeled_elbo(model, x, y, key, num_samples=num_samples)
-  bound = lambda x, key: m2.unlabeled_bound(model, x, key, num_samples=num_samples)
+  unlabeled = jax.vmap(lambda x, key: m2.unlabeled_bound_terms(
+      model, x, key, num_samples=num_samples))(xu, jax.random.split(rng_u, len(xu)))
   return {
       "labeled_elbo": jax.vmap(elbo)(xl, yl, jax.random.split(rng_l, len(xl))),
       "log_q_y": jax.vmap(lambda x, y: m2.classification_log_prob(model, x, y))(xl, yl),
-      "unlabeled_bound": jax.vmap(bound)(xu, jax.random.split(rng_u, len(xu))),
+      "unlabeled_bound": unlabeled["bound"],
+      "unlabeled_elbos": unlabeled["elbos"],
+      "unlabeled_log_q": unlabeled["log_q"],
   }
 
 
 def label_only_terms(model, y: jax.Array, rng: jax.Array, *, settings: LabelOnlySettings,
-                     log_prior_x: untapped.LogPriorX) -> jax.Array:
-  """The label-only bound's estimate for each label of the batch: y [B, K] -> [B]."""
-  bound = lambda label, key: untapped.label_only_bound(
-      model, label, key, log_prior_x=log_prior_x, estimator=settings.estimator,
-      temperature=settings.temperature, num_samples=settings.num_samples,
-      label_smoothing=settings.label_smoothing)
-  return jax.vmap(bound)(y, jax.random.split(rng, len(y)))
+                     log_prior_x: untapped.LogPriorX,
+                     unlabeled_terms: dict[str, jax.Array] | None = None) -> jax.Array:
+  """The label-only objective's value for each label of the batch: y [B, K] -> [B].
+
+  `unlabeled_terms` (batch_terms' output) feeds the batch-level objectives
+  'class_balance' and 'batch_posterior', whose q(x) is the unlabeled batch.
+  """
+  name, s = settings.objective, settings
+  targets = untapped.smooth_labels(y, s.label_smoothing)
+  if name == "class_balance":
+    return untapped.class_balance_bound(unlabeled_terms["unlabeled_log_q"], targets)
+  if name == "batch_posterior":
+    return untapped.batch_posterior_bound(unlabeled_terms["unlabeled_log_q"],
+                                          unlabeled_terms["unlabeled_elbos"], targets)
+  keys = jax.random.split(rng, len(y))
+  if name == "consistency":
+    def draws(label, key, z):  # -> (f, log p(x|y,z)), each [S]
+      ks = jax.random.split(key, s.num_samples)
+      if z is None:
+        return jax.vmap(lambda k: untapped.consistency_draw(model, label, k))(ks)
+      return jax.vmap(lambda k, zz: untapped.consistency_draw(model, label, k, z=zz))(ks, z)
+    f, log_p_x = _vmap_over_labels(draws, y, keys, s)  # [B, S]
+    surrogate = untapped.consistency_surrogate(f.reshape(-1), log_p_x.reshape(-1))
+    return surrogate.reshape(f.shape).mean(-1)
+  if name == "sleep":
+    fn = lambda label, key, z: untapped.sleep_objective(
+        model, label, key, log_prior_x=log_prior_x, extra_terms=s.sleep_terms,
+        num_samples=s.num_samples, label_smoothing=s.label_smoothing, z=z)
+  else:
+    fn = lambda label, key, z: untapped.label_only_bound(
+        model, label, key, log_prior_x=log_prior_x, estimator=s.estimator,
+        temperature=s.temperature, num_samples=s.num_samples,
+        label_smoothing=s.label_smoothing, z=z)
+  return _vmap_over_labels(fn, y, keys, s)
+
+
+def _vmap_over_labels(fn, y: jax.Array, keys: jax.Array, settings: LabelOnlySettings):
+  """vmap fn(label [K], key, z [S, Z] | None) over the batch, z fixed per class or None.
+
+  With z=None the per-draw functions sample z ~ p(z) themselves.
+  """
+  if settings.fixed_z is None:
+    return jax.vmap(lambda label, key: fn(label, key, None))(y, keys)
+  fixed = jnp.asarray(settings.fixed_z)[jnp.argmax(y, -1)]  # [B, S, Z]
+  return jax.vmap(fn)(y, keys, fixed)
 
 
 def make_loss_fn(graphdef: nnx.GraphDef, weights: StreamWeights, *, num_samples: int = 1,
-                 label_only: LabelOnlySettings | None = None) -> LossFn:
+                 label_only: LabelOnlySettings | None = None,
+                 classification_temperature: float = 0.0) -> LossFn:
   """loss_fn(params, batch, rng) -> (loss [], metrics); batch holds binarised x.
 
   The label-only stream is skipped (not multiplied by zero) when its weight is 0 or
   `label_only` is None, so Untapped with lambda = 0 computes exactly M2's loss.
+  `classification_temperature` > 0 scores the labels against a Concrete sample of
+  q(y|x) at that temperature (the authors' classification loss) instead of q(y|x).
   """
   use_label_only = label_only is not None and weights.label_only != 0.0
 
@@ -126,17 +203,29 @@ def make_loss_fn(graphdef: nnx.GraphDef, weights: StreamWeights, *, num_samples:
     model = nnx.merge(graphdef, params)
     m2_rng, label_only_rng = jax.random.split(rng)
     terms = batch_terms(model, batch, m2_rng, num_samples=num_samples)
+    if classification_temperature > 0:
+      terms["log_q_y"] = concrete_log_prob(model, batch["labeled"]["x"],
+                                           batch["labeled"]["y"], jax.random.fold_in(rng, 7),
+                                           temperature=classification_temperature)
     objective = (weights.labeled * jnp.mean(terms["labeled_elbo"]
                                             + weights.classification * terms["log_q_y"])
                  + weights.unlabeled * jnp.mean(terms["unlabeled_bound"]))
     if use_label_only:
       terms["label_only_estimate"] = label_only_terms(
           model, batch["label_only"]["y"], label_only_rng, settings=label_only,
-          log_prior_x=label_only.log_prior_x(graphdef, params))
+          log_prior_x=label_only.log_prior_x(graphdef, params), unlabeled_terms=terms)
       objective += weights.label_only * jnp.mean(terms["label_only_estimate"])
-    metrics = {name: jnp.mean(v) for name, v in terms.items()}
+    metrics = {name: jnp.mean(v) for name, v in terms.items()
+               if name not in ("unlabeled_elbos", "unlabeled_log_q")}
     metrics["objective"] = objective
     return -objective, metrics
 
   return loss_fn
 
+
+def concrete_log_prob(model, x: jax.Array, y: jax.Array, rng: jax.Array, *,
+                      temperature: float) -> jax.Array:
+  """sum_k y_k log s_k with s ~ Concrete(q(y|x), temperature): x [B, D], y [B, K] -> [B]."""
+  logits = jax.nn.log_softmax(model.classifier(x))
+  gumbel = jax.random.gumbel(rng, logits.shape, logits.dtype)
+  return jnp.sum(y * jax.nn.log_softmax((logits + gumbel) / temperature), -1)

@@ -45,10 +45,23 @@ class TrainState:
 def create_train_state(config, *, seed: int):
   """Returns (graphdef, tx, state) for a fresh model initialised from `seed`."""
   graphdef, params = nnx.split(models.build(config.model, seed=seed))
-  tx = optax.adam(config.train.learning_rate)
+  tx = make_optimizer(config.train)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                      opt_state=tx.init(params), rng=jax.random.key(seed + 1))
   return graphdef, tx, state
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+  """Adam (learning_rate, adam_eps) after optional clipping: the global norm to
+  clip_global_norm, then each element to [-clip_value, clip_value] (0: off)."""
+  clips = []
+  for key, clip in (("clip_global_norm", optax.clip_by_global_norm), ("clip_value", optax.clip)):
+    value = train_config[key]
+    if value < 0:
+      raise ValueError(f"train.{key}={value}; expected >= 0 (0: no clipping).")
+    if value:
+      clips.append(clip(value))
+  return optax.chain(*clips, optax.adam(train_config.learning_rate, eps=train_config.adam_eps))
 
 
 def binarize_batch(batch, rng, *, mode: str):
@@ -136,6 +149,39 @@ def prepare(config):
   return data, splits, streams
 
 
+STREAM_WEIGHTINGS = ("dataset", "batch_mean")
+LABEL_ONLY_Z = ("prior", "fixed")
+
+
+def stream_weights(config, *, num_labeled: int, num_unlabeled: int, num_label_only: int
+                   ) -> objective.StreamWeights:
+  """The coefficients of the streams' batch means for config.objective.stream_weighting."""
+  o = config.objective
+  label_only_weight = o.label_only_weight if config.model_name == "untapped" else 0.0
+  if o.stream_weighting == "dataset":
+    return objective.StreamWeights.from_sizes(
+        num_labeled=num_labeled, num_unlabeled=num_unlabeled, num_label_only=num_label_only,
+        classification_weight=o.classification_weight, label_only_weight=label_only_weight)
+  if o.stream_weighting == "batch_mean":
+    return objective.StreamWeights.from_batch_means(
+        labeled=o.labeled_weight, unlabeled=o.unlabeled_weight,
+        classification=o.classification_weight, label_only=label_only_weight)
+  raise ValueError(f"objective.stream_weighting={o.stream_weighting!r}; "
+                   f"expected one of {STREAM_WEIGHTINGS}.")
+
+
+def fixed_label_only_z(config, *, seed: int) -> np.ndarray | None:
+  """objective.label_only_z='fixed': z [K, S, Z] drawn once from p(z) with `seed`."""
+  mode = config.objective.label_only_z
+  if mode not in LABEL_ONLY_Z:
+    raise ValueError(f"objective.label_only_z={mode!r}; expected one of {LABEL_ONLY_Z}.")
+  if mode == "prior":
+    return None
+  shape = (config.model.num_classes, config.objective.label_only_num_samples,
+           config.model.latent_dim)
+  return np.asarray(jax.random.normal(jax.random.key(seed + 11), shape))
+
+
 def build_loss_fn(config, graphdef, *, num_labeled: int, num_unlabeled: int,
                   num_label_only: int, pixel_probs: np.ndarray | None) -> objective.LossFn:
   """The loss of `config.model_name` for splits of the given sizes."""
@@ -143,15 +189,15 @@ def build_loss_fn(config, graphdef, *, num_labeled: int, num_unlabeled: int,
   if name not in objective.MODEL_NAMES:
     raise ValueError(f"model_name={name!r}; expected one of {objective.MODEL_NAMES}.")
   o = config.objective
-  weights = objective.StreamWeights.from_sizes(
-      num_labeled=num_labeled, num_unlabeled=num_unlabeled, num_label_only=num_label_only,
-      classification_weight=o.classification_weight,
-      label_only_weight=o.label_only_weight if name == "untapped" else 0.0)
+  weights = stream_weights(config, num_labeled=num_labeled, num_unlabeled=num_unlabeled,
+                           num_label_only=num_label_only)
   label_only = None
   if name == "untapped":
-    label_only = objective.LabelOnlySettings.from_config(o, pixel_probs=pixel_probs)
+    label_only = objective.LabelOnlySettings.from_config(
+        o, pixel_probs=pixel_probs, fixed_z=fixed_label_only_z(config, seed=config.seed))
   return objective.make_loss_fn(graphdef, weights, num_samples=o.num_samples,
-                                label_only=label_only)
+                                label_only=label_only,
+                                classification_temperature=o.classification_temperature)
 
 
 def loss_fn_for_splits(config, graphdef, splits) -> objective.LossFn:

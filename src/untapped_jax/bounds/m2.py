@@ -48,18 +48,34 @@ def labeled_elbo(model: M2, x: jax.Array, y: jax.Array, rng: jax.Array, *,
   return labeled_elbo_given_noise(model, x, y, eps)
 
 
+def labeled_elbos_all_classes(model: M2, x: jax.Array, rng: jax.Array, *,
+                              num_samples: int = 1) -> jax.Array:
+  """L(x, e_k) for every class k, vmapped over the K one-hot labels: x [D] -> [K]."""
+  labels = jnp.eye(model.num_classes, dtype=x.dtype)
+  return jax.vmap(lambda y, key: labeled_elbo(model, x, y, key, num_samples=num_samples))(
+      labels, jax.random.split(rng, model.num_classes))
+
+
+def unlabeled_bound_terms(model: M2, x: jax.Array, rng: jax.Array, *,
+                          num_samples: int = 1) -> dict[str, jax.Array]:
+  """U(x) with the pieces other terms reuse: x [D] -> {'bound' [], 'elbos' [K], 'log_q' [K]}.
+
+  'elbos' are L(x, e_k); 'log_q' is log q(k|x). softmax_k('elbos') is the generative
+  model's own (approximate) posterior p(y|x).
+  """
+  log_q = jax.nn.log_softmax(model.classifier(x))
+  elbos = labeled_elbos_all_classes(model, x, rng, num_samples=num_samples)
+  q = jnp.exp(log_q)
+  return {"bound": jnp.sum(q * (elbos - log_q)), "elbos": elbos, "log_q": log_q}
+
+
 def unlabeled_bound(model: M2, x: jax.Array, rng: jax.Array, *,
                     num_samples: int = 1) -> jax.Array:
   """U(x) = sum_y q(y|x) L(x, y) + H[q(y|x)] <= log p(x): x [D] -> [].
 
   y is enumerated exactly: L is vmapped over the K one-hot labels.
   """
-  log_q = jax.nn.log_softmax(model.classifier(x))
-  labels = jnp.eye(model.num_classes, dtype=x.dtype)
-  elbos = jax.vmap(lambda y, key: labeled_elbo(model, x, y, key, num_samples=num_samples))(
-      labels, jax.random.split(rng, model.num_classes))
-  q = jnp.exp(log_q)
-  return jnp.sum(q * (elbos - log_q))
+  return unlabeled_bound_terms(model, x, rng, num_samples=num_samples)["bound"]
 
 
 def classification_log_prob(model: M2, x: jax.Array, y: jax.Array) -> jax.Array:

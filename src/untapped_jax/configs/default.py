@@ -18,11 +18,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.tfds_data_dir = ""
   c.data.num_validation = 10000
   c.data.labeled_classes = DIGITS
-  c.data.labeled_per_class = 10
+  c.data.labeled_per_class = 10  # -1: every training image of the labeled classes
   c.data.unlabeled_classes = DIGITS
   c.data.max_unlabeled = -1  # -1: every remaining image
+  # True: the unlabeled pool is drawn from all training images, labeled ones included.
+  c.data.unlabeled_includes_labeled = False
   c.data.label_only_classes = DIGITS
   c.data.max_label_only = -1
+  # 'images': the labels of the remaining training images (MNIST's class frequencies);
+  # 'classes': each class of label_only_classes once (uniform over classes).
+  c.data.label_only_source = "images"
   c.data.binarization = "dynamic"  # 'dynamic' | 'static' | 'none'
   c.data.labeled_batch_size = 100
   c.data.unlabeled_batch_size = 100
@@ -34,12 +39,25 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.latent_dim = 50
   c.model.hidden = (500,)
   c.model.activation = "softplus"
+  c.model.kernel_init = "lecun_normal"  # 'lecun_normal' (flax's) | 'normal'
+  c.model.init_stddev = 1e-3  # kernel_init='normal' only: N(0, init_stddev^2)
 
   c.objective = ml_collections.ConfigDict()
+  # 'dataset': each stream's sum estimated from its batch mean (module doc of objective.py);
+  # 'batch_mean': the weights below are plain coefficients of the batch means.
+  c.objective.stream_weighting = "dataset"
   c.objective.classification_weight = 0.1  # alpha = 0.1 * N / N_labeled per labeled example
+  c.objective.labeled_weight = 1.0  # 'batch_mean' only
+  c.objective.unlabeled_weight = 1.0  # 'batch_mean' only
+  # > 0: cross entropy of the labels against a Concrete sample of q(y|x) at this temperature.
+  c.objective.classification_temperature = 0.0
   c.objective.num_samples = 1  # z draws per ELBO
   # Untapped's label-only term (bounds/untapped.py); model_name='m2' forces its weight to 0.
+  # 'bound' | 'sleep' | 'class_balance' | 'batch_posterior' | 'consistency' (docs/bounds.md)
+  c.objective.label_only = "bound"
   c.objective.label_only_weight = 1.0  # lambda
+  c.objective.sleep_terms = ()  # 'sleep' adds any of 'log_q_x', 'log_p_z', 'log_p_x'
+  c.objective.label_only_z = "prior"  # 'prior': z ~ p(z) each step; 'fixed': drawn once
   c.objective.label_only_num_samples = 1  # (z, x) draws per label-only example
   c.objective.x_estimator = "straight_through"  # 'mean'|'relaxed'|'straight_through'|'exact'
   c.objective.relaxed_temperature = 0.5
@@ -50,6 +68,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 50000
   c.train.learning_rate = 3e-4
+  c.train.adam_eps = 1e-8
+  c.train.clip_global_norm = 0.0  # > 0: optax.clip_by_global_norm before Adam
+  c.train.clip_value = 0.0  # > 0: then each gradient element clipped to [-v, v]
   c.train.log_every = 100
   c.train.eval_every = 1000
   c.train.eval_batch_size = 1000
@@ -63,5 +84,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.semantic = False  # after training: evaluator confusion, permutation, figures
   c.eval.samples_per_class = 100  # M images generated per y dimension
   c.eval.label_only_num_samples = 2000  # draws per class for the bound and IS log q(y)
+  # A dimension owns a digit when this share of its samples goes to its majority digit.
+  c.eval.ownership_threshold = 0.5
+  c.eval.strong_evaluator = True  # also judge samples with an MLP evaluator (>= 98%)
   c.eval.evaluator_cache_dir = ""  # default: $UNTAPPED_CACHE_DIR or ~/.cache/untapped_jax
   return c

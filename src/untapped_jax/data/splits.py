@@ -2,13 +2,15 @@
 
 Order of carving (so that changing one size never reshuffles the others' pools):
   1. `num_validation` images held out of the 60k training images;
-  2. `labeled_per_class` images of each class in `labeled_classes`;
-  3. the unlabeled set: the remaining training images of `unlabeled_classes`,
-     optionally capped at `max_unlabeled`;
-  4. label-only labels: labels (no images) of the remaining training images of
-     `label_only_classes`, so they follow MNIST's class frequencies, capped at
-     `max_label_only`.
-The labeled and unlabeled sets never share an image.
+  2. `labeled_per_class` images of each class in `labeled_classes` (-1: all of them);
+  3. the unlabeled set: the remaining training images of `unlabeled_classes`
+     (with `unlabeled_includes_labeled`, all non-validation images of those classes,
+     labeled ones included, in a seeded random order), optionally capped at
+     `max_unlabeled`;
+  4. label-only labels: with label_only_source='images', labels (no images) of the
+     remaining training images of `label_only_classes`, so they follow MNIST's class
+     frequencies, capped at `max_label_only`; with 'classes', each class once.
+Unless `unlabeled_includes_labeled`, the labeled and unlabeled sets never share an image.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class Splits:
     return {f.name: len(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
+LABEL_ONLY_SOURCES = ("images", "classes")
+
+
 def _check_classes(name: str, classes: Sequence[int]) -> tuple[int, ...]:
   classes = tuple(int(c) for c in classes)
   bad = [c for c in classes if not 0 <= c <= 9]
@@ -73,8 +78,12 @@ def make_splits(mnist: dict[str, np.ndarray], config: Any, *, seed: int) -> Spli
   unlabeled_classes = _check_classes("unlabeled_classes", config.unlabeled_classes)
   label_only_classes = _check_classes("label_only_classes", config.label_only_classes)
   per_class = int(config.labeled_per_class)
-  if per_class < 1:
-    raise ValueError(f"data.labeled_per_class={per_class}: expected a positive integer.")
+  if per_class < 1 and per_class != -1:
+    raise ValueError(f"data.labeled_per_class={per_class}: expected a positive integer, "
+                     "or -1 for every image of the labeled classes.")
+  source = config.label_only_source
+  if source not in LABEL_ONLY_SOURCES:
+    raise ValueError(f"data.label_only_source={source!r}; expected one of {LABEL_ONLY_SOURCES}.")
 
   rng = np.random.default_rng(seed)
   order = rng.permutation(len(labels))
@@ -86,19 +95,25 @@ def make_splits(mnist: dict[str, np.ndarray], config: Any, *, seed: int) -> Spli
     if len(of_class) < per_class:
       raise ValueError(f"data.labeled_per_class={per_class}: digit {c} has only "
                        f"{len(of_class)} training images left after validation.")
-    labeled.append(of_class[:per_class])
+    labeled.append(of_class if per_class == -1 else of_class[:per_class])
   labeled = np.sort(np.concatenate(labeled))
   rest = pool[~np.isin(pool, labeled)]
 
-  unlabeled = _cap(rest[np.isin(labels[rest], unlabeled_classes)], config.max_unlabeled)
-  label_only = _cap(rest[np.isin(labels[rest], label_only_classes)], config.max_label_only)
+  unlabeled_pool = pool if config.unlabeled_includes_labeled else rest
+  unlabeled = _cap(unlabeled_pool[np.isin(labels[unlabeled_pool], unlabeled_classes)],
+                   config.max_unlabeled)
+  if source == "classes":
+    label_only_labels = np.asarray(label_only_classes, np.int32)
+  else:
+    label_only_labels = labels[_cap(rest[np.isin(labels[rest], label_only_classes)],
+                                    config.max_label_only)]
 
   def take(idx, with_images=True):
     return Split(images[idx] if with_images else None, labels[idx])
 
   splits = Splits(
       labeled=take(labeled), unlabeled=take(unlabeled),
-      label_only=take(label_only, with_images=False), validation=take(validation),
+      label_only=Split(None, label_only_labels), validation=take(validation),
       test=Split(mnist["test_images"], mnist["test_labels"].astype(np.int32)))
   for f in dataclasses.fields(splits):
     split = getattr(splits, f.name)

@@ -30,21 +30,57 @@ CACHE_ENV_VAR = "UNTAPPED_CACHE_DIR"
 # ----------------------------------------------------------------------------- evaluator
 
 
+MLP_EVALUATOR_VERSION = "mlp-v1:hidden=512x2,relu,epochs=20,batch=250,lr=1e-3,l2=1e-5,seed=0"
+EVALUATORS = ("logreg", "mlp")
+
+
 def evaluator_logits(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
-  """Logistic regression: x [..., 784] in [0, 1] -> digit logits [..., 10]."""
-  return x @ params["w"] + params["b"]
+  """x [..., 784] in [0, 1] -> digit logits [..., 10].
+
+  Logistic regression for params {'w', 'b'}; a ReLU MLP for {'w0', 'b0', 'w1', ...}.
+  """
+  if "w" in params:
+    return x @ params["w"] + params["b"]
+  num_layers = len(params) // 2
+  h = x
+  for i in range(num_layers):
+    h = h @ params[f"w{i}"] + params[f"b{i}"]
+    if i < num_layers - 1:
+      h = jax.nn.relu(h)
+  return h
 
 
-def train_evaluator(images: np.ndarray, labels: np.ndarray, *, num_epochs: int = 15,
-                    batch_size: int = 500, learning_rate: float = 1e-3,
-                    l2: float = 1e-4, seed: int = 0) -> dict[str, np.ndarray]:
-  """Fits logistic regression on uint8 images [N, 784], labels [N].
+def _init_evaluator(kind: str, num_pixels: int, seed: int) -> dict[str, jax.Array]:
+  if kind == "logreg":
+    return {"w": jnp.zeros((num_pixels, NUM_DIGITS)), "b": jnp.zeros(NUM_DIGITS)}
+  sizes = [num_pixels, 512, 512, NUM_DIGITS]
+  keys = jax.random.split(jax.random.key(seed), len(sizes) - 1)
+  params = {}
+  for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+    params[f"w{i}"] = jax.random.normal(keys[i], (a, b)) * np.sqrt(2.0 / a)
+    params[f"b{i}"] = jnp.zeros(b)
+  return params
 
+
+def train_evaluator(images: np.ndarray, labels: np.ndarray, *, kind: str = "logreg",
+                    num_epochs: int | None = None, batch_size: int | None = None,
+                    learning_rate: float = 1e-3, l2: float | None = None,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+  """Fits the evaluator `kind` on uint8 images [N, 784], labels [N].
+
+  'logreg': multinomial logistic regression (15 epochs, batch 500, l2 1e-4);
+  'mlp': two hidden layers of 512 ReLUs (20 epochs, batch 250, l2 1e-5).
   Each minibatch is freshly binarised (pixels ~ Bernoulli(intensity)), as the
   generated images it will judge are binary samples.
   """
+  if kind not in EVALUATORS:
+    raise ValueError(f"evaluator kind={kind!r}; expected one of {EVALUATORS}.")
+  defaults = {"logreg": (15, 500, 1e-4), "mlp": (20, 250, 1e-5)}[kind]
+  num_epochs = num_epochs or defaults[0]
+  batch_size = batch_size or defaults[1]
+  l2 = defaults[2] if l2 is None else l2
   tx = optax.adam(learning_rate)
-  params = {"w": jnp.zeros((images.shape[1], NUM_DIGITS)), "b": jnp.zeros(NUM_DIGITS)}
+  params = _init_evaluator(kind, images.shape[1], seed)
   opt_state = tx.init(params)
 
   @jax.jit
@@ -53,7 +89,8 @@ def train_evaluator(images: np.ndarray, labels: np.ndarray, *, num_epochs: int =
 
     def loss_fn(p):
       ce = optax.softmax_cross_entropy_with_integer_labels(evaluator_logits(p, x), y)
-      return ce.mean() + l2 * jnp.sum(jnp.square(p["w"]))
+      weights = [v for name, v in p.items() if name.startswith("w")]
+      return ce.mean() + l2 * sum(jnp.sum(jnp.square(w)) for w in weights)
 
     grads = jax.grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -77,28 +114,31 @@ def evaluator_accuracy(params, images: np.ndarray, labels: np.ndarray, *, seed: 
   return float(jnp.mean(pred == jnp.asarray(labels)))
 
 
-def load_or_train_evaluator(mnist: dict[str, np.ndarray], *, cache_dir: str | None = None
-                            ) -> tuple[dict[str, np.ndarray], float]:
-  """The evaluator for this MNIST, trained once and cached; returns (params, test acc).
+def load_or_train_evaluator(mnist: dict[str, np.ndarray], *, cache_dir: str | None = None,
+                            kind: str = "logreg") -> tuple[dict[str, np.ndarray], float]:
+  """The evaluator `kind` for this MNIST, trained once and cached; returns (params, test acc).
 
-  The cache file is keyed by a hash of the training data, under `cache_dir`
-  (default: $UNTAPPED_CACHE_DIR, else ~/.cache/untapped_jax).
+  The cache file is keyed by a hash of the recipe and the training data, under
+  `cache_dir` (default: $UNTAPPED_CACHE_DIR, else ~/.cache/untapped_jax).
   """
+  if kind not in EVALUATORS:
+    raise ValueError(f"evaluator kind={kind!r}; expected one of {EVALUATORS}.")
   cache_dir = cache_dir or os.environ.get(CACHE_ENV_VAR) or os.path.join(
       os.path.expanduser("~"), ".cache", "untapped_jax")
-  digest = hashlib.sha256(EVALUATOR_VERSION.encode() + mnist["train_images"].tobytes()
+  version = EVALUATOR_VERSION if kind == "logreg" else MLP_EVALUATOR_VERSION
+  digest = hashlib.sha256(version.encode() + mnist["train_images"].tobytes()
                           + mnist["train_labels"].tobytes())
-  path = os.path.join(cache_dir, f"evaluator_logreg_{digest.hexdigest()[:16]}.npz")
+  path = os.path.join(cache_dir, f"evaluator_{kind}_{digest.hexdigest()[:16]}.npz")
   if os.path.exists(path):
     with np.load(path) as f:
-      params = {"w": f["w"], "b": f["b"]}
+      params = {name: f[name] for name in f.files}
   else:
-    params = train_evaluator(mnist["train_images"], mnist["train_labels"])
+    params = train_evaluator(mnist["train_images"], mnist["train_labels"], kind=kind)
     os.makedirs(cache_dir, exist_ok=True)
     with files.atomic_path(path) as tmp:
       np.savez(tmp, **params)
   accuracy = evaluator_accuracy(params, mnist["test_images"], mnist["test_labels"])
-  logging.info("evaluator (logistic regression, %s): MNIST test accuracy %.4f", path, accuracy)
+  logging.info("evaluator (%s, %s): MNIST test accuracy %.4f", kind, path, accuracy)
   return params, accuracy
 
 
@@ -178,34 +218,167 @@ def permuted_accuracy(predicted_dims: np.ndarray, labels: np.ndarray, perm: np.n
   return float(np.mean(np.asarray(perm)[predicted_dims[mask]] == labels[mask]))
 
 
-def semantic_report(graphdef, params, evaluator_params, *, test_images: np.ndarray,
+def confusion_semantics(confusion: np.ndarray, *, seen_digits=(),
+                        ownership_threshold: float = 0.5) -> dict[str, Any]:
+  """Everything read off one confusion matrix of generated samples [K, K] (counts).
+
+  - semantic_permutation: the closest permutation (linear_sum_assignment);
+  - matched_agreement: share of all samples on that permutation's diagonal;
+  - purity_per_dimension: share of each dimension's samples on its majority digit;
+  - dimension_digit_mi: mutual information (nats) between the dimension (uniform) and
+    the evaluator's digit, at most log K = 2.303;
+  - owning_dimensions / owned_digits: dimensions whose purity is at least
+    `ownership_threshold`, and the distinct digits they own;
+  - seen_agreement: share of the seen dimensions' samples given their own digit (dims
+    of labeled digits are anchored: dimension k must generate digit k);
+  - distinct_digits etc. from majority votes (digit_coverage).
+  """
+  confusion = np.asarray(confusion, np.float64)
+  k = confusion.shape[0]
+  perm = closest_permutation(confusion)
+  rows = confusion.sum(1, keepdims=True)
+  p_digit_given_dim = confusion / np.maximum(rows, 1)
+  purity = p_digit_given_dim.max(1)
+  joint = p_digit_given_dim / k
+  marginal = joint.sum(0)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    mi = np.nansum(joint * (np.log(p_digit_given_dim) - np.log(marginal)[None, :]))
+  majority = majority_digits(confusion)
+  owning = purity >= ownership_threshold
+  seen = [d for d in seen_digits if d < k]
+  return {
+      "semantic_permutation": perm.tolist(),
+      **digit_coverage(confusion.astype(np.int64)),
+      "matched_agreement": float(confusion[np.arange(k), perm].sum() / confusion.sum()),
+      "purity_per_dimension": purity.tolist(),
+      "mean_purity": float(purity.mean()),
+      "dimension_digit_mi": float(mi),
+      "ownership_threshold": ownership_threshold,
+      "owning_dimensions": int(owning.sum()),
+      "owned_digits": int(len(np.unique(majority[owning]))),
+      "seen_agreement": float(np.mean([p_digit_given_dim[d, d] for d in seen]))
+                        if seen else float("nan"),
+  }
+
+
+def greedy_assignment(p: np.ndarray) -> np.ndarray:
+  """The authors' assign_permutation (examples/DEMO_mnist4.py): rows -> columns of p [n, n].
+
+  Each row requests its argmax column; a column requested by one row goes to it; for
+  columns requested by several rows, the clashing rows are matched recursively to the
+  columns nobody holds, and when every row clashes the best-scoring row of the first
+  clashing column keeps it.
+  """
+  p = np.asarray(p)
+  if p.ndim != 2 or p.shape[0] != p.shape[1]:
+    raise ValueError(f"p of shape {p.shape}; expected a square matrix.")
+  if p.shape[0] == 1:
+    return np.array([0])
+  labels = np.argmax(p, axis=1)
+  values, counts = np.unique(labels, return_counts=True)
+  single, dups = values[counts == 1], values[counts > 1]
+  if len(dups) == 0:
+    return labels
+  rows = [i for i in range(p.shape[0]) if labels[i] in dups]
+  cols = [j for j in range(p.shape[1]) if j not in single]
+  if len(rows) == p.shape[0]:
+    winner = int(np.argmax(p[:, dups[0]]))
+    rows = [i for i in rows if i != winner]
+    cols = [j for j in cols if j != dups[0]]
+  sub = greedy_assignment(p[np.ix_(rows, cols)])
+  labels[rows] = np.asarray(cols)[sub]
+  return labels
+
+
+def authors_images(graphdef: nnx.GraphDef, params, labeled_x: np.ndarray,
+                   labeled_y: np.ndarray) -> np.ndarray:
+  """One image per y dimension, as the authors' make_plots: [K, D] in {0, 1}.
+
+  z = the mean over the labeled data of q(z|x,y)'s mean; image k is the decoder's
+  mean for (e_k, z) thresholded at 0.5. labeled_x [N, D] floats, labeled_y [N, K].
+  """
+  model = nnx.merge(graphdef, params)
+  z_bar = jnp.mean(model.encoder(jnp.asarray(labeled_x), jnp.asarray(labeled_y))[0], 0)
+  k = model.num_classes
+  probs = jax.nn.sigmoid(model.decoder(jnp.eye(k), jnp.broadcast_to(z_bar, (k, len(z_bar)))))
+  return np.asarray(probs > 0.5, np.float32)
+
+
+def authors_protocol(images: np.ndarray, evaluator_params, *, seen_digits
+                     ) -> dict[str, Any]:
+  """The authors' reading of one image per dimension: images [K, D] -> results.
+
+  Dimensions of the seen digits keep their digit; the others are matched greedily
+  (greedy_assignment) to the unseen digits by the evaluator's probabilities.
+  authors_distinct_digits counts the distinct evaluator argmax digits of the images.
+  """
+  probs = np.asarray(jax.nn.softmax(evaluator_logits(evaluator_params, jnp.asarray(images))))
+  k = probs.shape[0]
+  seen = sorted(d for d in seen_digits if d < k)
+  unseen = [d for d in range(k) if d not in seen]
+  perm = np.arange(k)
+  if unseen:
+    perm[unseen] = np.asarray(unseen)[greedy_assignment(probs[np.ix_(unseen, unseen)])]
+  predicted = np.argmax(probs, 1)
+  return {"authors_permutation": perm.tolist(),
+          "authors_evaluator_digits": predicted.tolist(),
+          "authors_distinct_digits": int(len(np.unique(predicted)))}
+
+
+def semantic_report(graphdef, params, evaluators: dict[str, Any], *, test_images: np.ndarray,
                     test_labels: np.ndarray, seen_digits, rng: jax.Array,
-                    num_per_class: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                    num_per_class: int, labeled_x: np.ndarray | None = None,
+                    labeled_y: np.ndarray | None = None, ownership_threshold: float = 0.5
+                    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """Every semantic figure of one model; returns (results, arrays for samples.npz).
 
-  test_images are binarised floats [N, D]; seen_digits are the labeled classes.
+  `evaluators` maps a name to evaluator params, the first being the primary one whose
+  results keep unprefixed keys (the others' keys are prefixed '<name>_'). test_images
+  are binarised floats [N, D]; seen_digits are the labeled classes. With labeled_x
+  [N, D] and labeled_y [N, K], the authors' protocol is also reported.
   """
   x, x_mean = generate(graphdef, params, rng, num_per_class=num_per_class)
   k, m, d = x.shape
   flat = x.reshape(k * m, d)
-  evaluator_digits = np.asarray(jnp.argmax(evaluator_logits(evaluator_params, flat), -1))
-  confusion = confusion_matrix(evaluator_digits.reshape(k, m))
-  perm = closest_permutation(confusion)
   own = model_predictions(graphdef, params, flat).reshape(k, m)
   predicted = model_predictions(graphdef, params, test_images)
   heldout = [c for c in range(NUM_DIGITS) if c not in set(seen_digits)]
-  results = {
-      "confusion": confusion.tolist(),
-      "semantic_permutation": perm.tolist(),
-      **digit_coverage(confusion),
+
+  def accuracies(perm, prefix=""):
+    return {f"{prefix}heldout_accuracy": permuted_accuracy(predicted, test_labels, perm,
+                                                           digits=heldout)
+                                          if heldout else float("nan"),
+            f"{prefix}seen_accuracy": permuted_accuracy(predicted, test_labels, perm,
+                                                        digits=seen_digits),
+            f"{prefix}permuted_test_accuracy": permuted_accuracy(predicted, test_labels, perm)}
+
+  results: dict[str, Any] = {
+      "heldout_digits": heldout,
       "self_consistency": float(np.mean(own == np.arange(k)[:, None])),
       "self_consistency_per_dimension": np.mean(own == np.arange(k)[:, None], 1).tolist(),
-      "heldout_digits": heldout,
-      "heldout_accuracy": permuted_accuracy(predicted, test_labels, perm, digits=heldout)
-                          if heldout else float("nan"),
-      "seen_accuracy": permuted_accuracy(predicted, test_labels, perm, digits=seen_digits),
-      "permuted_test_accuracy": permuted_accuracy(predicted, test_labels, perm),
   }
-  arrays = {"x": x.reshape(k, m, d), "x_mean": x_mean, "evaluator_digits":
-            evaluator_digits.reshape(k, m), "model_digits": own}
+  arrays = {"x": x.reshape(k, m, d), "x_mean": x_mean, "model_digits": own}
+  images = None
+  if labeled_x is not None:
+    images = authors_images(graphdef, params, labeled_x, labeled_y)
+    arrays["authors_images"] = images
+  for i, (name, evaluator_params) in enumerate(evaluators.items()):
+    prefix = "" if i == 0 else f"{name}_"
+    digits = np.asarray(jnp.argmax(evaluator_logits(evaluator_params, flat), -1)).reshape(k, m)
+    confusion = confusion_matrix(digits)
+    sem = confusion_semantics(confusion, seen_digits=seen_digits,
+                              ownership_threshold=ownership_threshold)
+    results.update({f"{prefix}confusion": confusion.tolist(),
+                    **{f"{prefix}{key}": v for key, v in sem.items()},
+                    **accuracies(np.asarray(sem["semantic_permutation"]), prefix)})
+    arrays[f"{prefix}evaluator_digits"] = digits
+    if images is not None:
+      authors = authors_protocol(images, evaluator_params, seen_digits=seen_digits)
+      results.update({f"{prefix}{key}": v for key, v in authors.items()})
+      results.update(accuracies(np.asarray(authors["authors_permutation"]),
+                                f"{prefix}authors_"))
+  names = list(evaluators)
+  if len(names) > 1:
+    results["evaluators_disagree"] = any(
+        results[f"{n}_distinct_digits"] != results["distinct_digits"] for n in names[1:])
   return results, arrays

@@ -1,0 +1,223 @@
+r"""Runs every point of a config file's sweep and tabulates the final metrics.
+
+  untapped-sweep --config experiments/configs/poster.py:sweep=screen --workdir runs/screen \
+      [--shard 0 --num_shards 2] [--report_only] [--reference model_name=m2] \
+      [--config.train.num_steps=3000]
+
+The sweep is the config file's `get_hyper(hyper, arg)` (big_vision style): a list of
+points, each a dict of 'config.<key>' overrides built with hyper.sweep / product /
+zipit. Point p runs in WORKDIR/<its overrides but the seed>/seed_<s>; a point whose
+results.json exists is skipped, so a rerun finishes an interrupted sweep, and shards
+(--shard i --num_shards n, one process each) split the points between processes.
+Every run writes its own results.json; the sweep writes sweep.md and sweep.csv: per
+variant, the mean and 95% t-interval over seeds of each metric, per-seed rows, and
+paired differences (variant minus --reference, per seed).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import inspect
+import io
+import itertools
+import json
+import os
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+import numpy as np
+
+from untapped_jax import files
+from untapped_jax import stats
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file with get_hyper, optionally with ':arg'.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Root folder of the sweep.")
+_SHARD = flags.DEFINE_integer("shard", 0, "This process runs points shard, shard + n, ...")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Processes sharing the sweep.")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only tabulate finished points.")
+_REFERENCE = flags.DEFINE_string(
+    "reference", "model_name=m2", "The variant that paired differences are taken against.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# Final metrics tabulated per variant (those a run lacks are left out).
+METRICS = ("gate_passed", "distinct_digits", "mlp_distinct_digits", "authors_distinct_digits",
+           "mlp_authors_distinct_digits", "owned_digits", "mlp_owned_digits",
+           "matched_agreement", "mlp_matched_agreement", "dimension_digit_mi",
+           "mlp_dimension_digit_mi", "gate_seen_agreement", "heldout_accuracy",
+           "mlp_heldout_accuracy", "authors_heldout_accuracy", "self_consistency",
+           "test_accuracy", "test_label_only_bound", "test_log_q_y_direct",
+           "test_unlabeled_bound")
+PAIRED = ("mlp_distinct_digits", "distinct_digits", "authors_distinct_digits",
+          "mlp_heldout_accuracy", "heldout_accuracy", "mlp_matched_agreement",
+          "self_consistency")
+
+
+class Hyper:
+  """big_vision's sweep helpers: lists of dicts of 'config.<key>' overrides."""
+
+  @staticmethod
+  def sweep(key: str, values) -> list[dict[str, Any]]:
+    return [{key: v} for v in values]
+
+  @staticmethod
+  def product(sweeps) -> list[dict[str, Any]]:
+    return [dict(itertools.chain.from_iterable(d.items() for d in combo))
+            for combo in itertools.product(*sweeps)]
+
+  @staticmethod
+  def zipit(sweeps) -> list[dict[str, Any]]:
+    lengths = {len(s) for s in sweeps}
+    if len(lengths) != 1:
+      raise ValueError(f"zipit over sweeps of lengths {sorted(lengths)}; expected one length.")
+    return [dict(itertools.chain.from_iterable(d.items() for d in combo))
+            for combo in zip(*sweeps)]
+
+
+def load_points(config_path: str) -> list[dict[str, Any]]:
+  """The points of FILE[:ARG]'s get_hyper(hyper[, arg])."""
+  path, _, arg = config_path.partition(":")
+  spec = importlib.util.spec_from_file_location("_sweep_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_hyper"):
+    raise ValueError(f"{path} defines no get_hyper(hyper); nothing to sweep.")
+  takes_arg = len(inspect.signature(module.get_hyper).parameters) > 1
+  points = module.get_hyper(Hyper, arg or None) if takes_arg else module.get_hyper(Hyper)
+  for point in points:
+    bad = [k for k in point if not k.startswith("config.")]
+    if bad:
+      raise ValueError(f"sweep keys {bad}: expected 'config.<key>' names.")
+  return points
+
+
+def variant_name(point: dict[str, Any]) -> str:
+  """'key=value,...' of a point's overrides but the seed (folder and table name)."""
+  items = [(k.removeprefix("config."), v) for k, v in sorted(point.items())
+           if k != "config.seed"]
+  return ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in items) or "default"
+
+
+def point_dir(root: str, point: dict[str, Any]) -> str:
+  return os.path.join(root, variant_name(point), f"seed_{point.get('config.seed', 0)}")
+
+
+def apply_point(config, point: dict[str, Any]):
+  config = config.copy_and_resolve_references()
+  for key, value in point.items():
+    target = config
+    *parents, leaf = key.removeprefix("config.").split(".")
+    for name in parents:
+      target = target[name]
+    if leaf not in target:
+      raise KeyError(f"sweep key {key!r}: the config has no such key.")
+    target[leaf] = value
+  return config
+
+
+def run_points(config, points, root: str, *, shard: int, num_shards: int) -> None:
+  from untapped_jax import train  # pylint: disable=g-import-not-at-top
+  for i, point in enumerate(points):
+    if i % num_shards != shard:
+      continue
+    workdir = point_dir(root, point)
+    if os.path.exists(os.path.join(workdir, "results.json")):
+      logging.info("%s is finished, skipping", workdir)
+      continue
+    logging.info("sweep point %d/%d: %s", i + 1, len(points), point)
+    train.train_and_evaluate(apply_point(config, point), workdir)
+
+
+def load_results(root: str, points) -> dict[str, dict[int, dict]]:
+  """variant -> seed -> results.json of every finished point."""
+  out: dict[str, dict[int, dict]] = {}
+  for point in points:
+    path = os.path.join(point_dir(root, point), "results.json")
+    out.setdefault(variant_name(point), {})
+    if os.path.exists(path):
+      with open(path) as f:
+        out[variant_name(point)][int(point.get("config.seed", 0))] = json.load(f)
+  return out
+
+
+def _fmt(mean: float, half: float) -> str:
+  return f"{mean:.3f} ± {half:.3f}" if np.isfinite(half) else f"{mean:.3f}"
+
+
+def sweep_tables(results: dict[str, dict[int, dict]], *, reference: str = ""
+                 ) -> tuple[str, str]:
+  """(markdown, csv): summary per variant, paired differences, per-seed rows."""
+  present = [m for m in METRICS
+             if any(m in r for runs in results.values() for r in runs.values())]
+  md = ["| variant | seeds | " + " | ".join(present) + " |", "|---" * (len(present) + 2) + "|"]
+  for name, runs in results.items():
+    if not runs:
+      continue
+    cells = [_fmt(*stats.mean_and_interval([float(r[m]) for r in runs.values() if m in r]))
+             if any(m in r for r in runs.values()) else "" for m in present]
+    md.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+  md += ["", "Mean ± half-width of the 95% t-interval over seeds (gate_passed: the share "
+         "of seeds that pass the gate).", ""]
+  ref = next((n for n in results if reference and reference in n.split(",")), None)
+  if ref is not None:
+    paired = [m for m in PAIRED if m in present]
+    md += [f"Paired differences, variant minus `{ref}`, over the seeds both finished:", "",
+           "| variant | seeds | " + " | ".join(paired) + " |", "|---" * (len(paired) + 2) + "|"]
+    for name, runs in results.items():
+      seeds = sorted(set(runs) & set(results[ref]))
+      if name == ref or not seeds:
+        continue
+      cells = [_fmt(*stats.mean_and_interval(
+          [float(runs[s][m]) - float(results[ref][s][m]) for s in seeds])) for m in paired]
+      md.append(f"| {name} | {len(seeds)} | " + " | ".join(cells) + " |")
+    md.append("")
+  md += ["| variant | seed | steps | gate | distinct (logreg / mlp / authors') | "
+         "mlp permutation (dim→digit) | authors' permutation | held-out (mlp) |",
+         "|---" * 8 + "|"]
+  buf = io.StringIO()
+  writer = csv.writer(buf)
+  writer.writerow(["variant", "seed", "num_steps", *present, "mlp_semantic_permutation",
+                   "authors_permutation"])
+  for name, runs in results.items():
+    for seed, r in sorted(runs.items()):
+      md.append(f"| {name} | {seed} | {r['num_steps']} | {r.get('gate_passed', '')} | "
+                f"{r.get('distinct_digits')} / {r.get('mlp_distinct_digits')} / "
+                f"{r.get('authors_distinct_digits')} | {r.get('mlp_semantic_permutation')} | "
+                f"{r.get('authors_permutation')} | {r.get('mlp_heldout_accuracy', float('nan')):.3f} |")
+      writer.writerow([name, seed, r["num_steps"], *[r.get(m, "") for m in present],
+                       " ".join(map(str, r.get("mlp_semantic_permutation", []))),
+                       " ".join(map(str, r.get("authors_permutation", [])))])
+  return "\n".join(md) + "\n", buf.getvalue()
+
+
+def write_tables(root: str, points, *, reference: str) -> str:
+  md, table = sweep_tables(load_results(root, points), reference=reference)
+  files.write_text(os.path.join(root, "sweep.md"), md)
+  files.write_text(os.path.join(root, "sweep.csv"), table)
+  return md
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not 0 <= _SHARD.value < _NUM_SHARDS.value:
+    raise app.UsageError(f"--shard {_SHARD.value} --num_shards {_NUM_SHARDS.value}: "
+                         "expected 0 <= shard < num_shards.")
+  config_path = flags.FLAGS["config"].config_filename
+  points = load_points(config_path)
+  root = _WORKDIR.value
+  if not _REPORT_ONLY.value:
+    run_points(_CONFIG.value, points, root, shard=_SHARD.value, num_shards=_NUM_SHARDS.value)
+  print(write_tables(root, points, reference=_REFERENCE.value))
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
