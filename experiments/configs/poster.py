@@ -126,8 +126,9 @@ def _authors_recipe(c):
   c.train.clip_value = 1.0
   # S2S_DGM.py: 1001 epochs of ceil(35735 / 10000) = 4 updates.
   c.train.num_steps = 4004
-  c.train.eval_every = 1001
+  c.train.eval_every = 286  # 14 points of the learning curves (eval.semantic_curve)
   c.train.log_every = 143
+  c.eval.semantic_curve = True
 
 
 def get_hyper(hyper, arg=None):

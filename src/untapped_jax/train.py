@@ -248,7 +248,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start_time = time.time()
   state, best, num_steps = _train_loop(config, workdir, state, best, train_step=train_step,
                                        streams=streams, manager=manager,
-                                       validate=lambda p: evaluate_on(p, splits.validation))
+                                       validate=_validator(config, graphdef, splits, data,
+                                                           evaluate_on))
   train_wall_s = time.time() - start_time
 
   final_val = evaluate_on(state.params, splits.validation)
@@ -278,6 +279,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info("results: %s", results)
   return {**results, "best_params": best["params"], "state": state, "graphdef": graphdef,
           "splits": splits}
+
+
+def _validator(config, graphdef, splits, data, evaluate_on):
+  """params -> validation metrics, plus the semantic probe's when eval.semantic_curve."""
+  probe = (suite.make_semantic_probe(config, graphdef=graphdef, splits=splits, mnist=data)
+           if config.eval.semantic_curve else None)
+
+  def validate(params):
+    val = evaluate_on(params, splits.validation)
+    if probe is not None:
+      val.update({f"semantic_{k}": v for k, v in probe(params).items()})
+    return val
+
+  return validate
 
 
 def _train_loop(config, workdir, state, best, *, train_step, streams, manager, validate):

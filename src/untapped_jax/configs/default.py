@@ -87,5 +87,7 @@ def get_config() -> ml_collections.ConfigDict:
   # A dimension owns a digit when this share of its samples goes to its majority digit.
   c.eval.ownership_threshold = 0.5
   c.eval.strong_evaluator = True  # also judge samples with an MLP evaluator (>= 98%)
+  # At every validation: distinct digits, held-out accuracy and the gate, into metrics.jsonl.
+  c.eval.semantic_curve = False
   c.eval.evaluator_cache_dir = ""  # default: $UNTAPPED_CACHE_DIR or ~/.cache/untapped_jax
   return c

@@ -68,3 +68,29 @@ def evaluate_run(config, workdir: str, *, graphdef, params, splits, mnist) -> di
                               title=f"{name}: self-consistency "
                                     f"{results['self_consistency']:.0%}")
   return results
+
+
+def make_semantic_probe(config, *, graphdef, splits, mnist):
+  """params -> a few semantic figures under the strongest evaluator, for learning curves.
+
+  The same samples' noise (a fixed key) at every call, so changes come from the model.
+  """
+  kind = "mlp" if config.eval.strong_evaluator else "logreg"
+  evaluator, _ = semantic.load_or_train_evaluator(
+      mnist, cache_dir=config.eval.evaluator_cache_dir or None, kind=kind)
+  rng = jax.random.key(config.seed + 13)
+  test_x = np.asarray(streams_lib.binarize(
+      splits.test.images, jax.random.fold_in(rng, 0), mode=config.data.binarization))
+  seen = tuple(config.data.labeled_classes)
+
+  def probe(params):
+    results, _ = semantic.semantic_report(
+        graphdef, params, {kind: evaluator}, test_images=test_x,
+        test_labels=splits.test.labels, seen_digits=seen, rng=jax.random.fold_in(rng, 1),
+        num_per_class=config.eval.samples_per_class,
+        ownership_threshold=config.eval.ownership_threshold)
+    return {f"{kind}_{k}": results[k] for k in
+            ("distinct_digits", "owned_digits", "matched_agreement", "seen_agreement",
+             "heldout_accuracy", "dimension_digit_mi")}
+
+  return probe
