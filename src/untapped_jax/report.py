@@ -65,3 +65,28 @@ def inconsistency_figure(x: np.ndarray, model_digits: np.ndarray, path: str, *,
                             va="center", fontsize=8)
   fig.suptitle(title + "\n(y → x ~ p(x|y,z) → argmax q(y|x))", fontsize=10)
   _save(fig, path)
+
+
+CURVE_METRICS = (("validation/semantic_mlp_distinct_digits", "distinct digits (MLP evaluator)"),
+                 ("validation/semantic_mlp_heldout_accuracy", "held-out 5-9 accuracy"),
+                 ("validation/semantic_mlp_seen_agreement", "gate: dims 0-4 agreement"))
+
+
+def learning_curves(runs: dict[str, list[dict]], path: str, *, title: str = "") -> None:
+  """Semantic figures against training steps, one line per run.
+
+  runs maps a label to the records of a metrics.jsonl (eval.semantic_curve=True).
+  """
+  fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(4.2 * len(CURVE_METRICS), 3.2))
+  for ax, (key, name) in zip(axes, CURVE_METRICS):
+    for label, records in runs.items():
+      points = [(r["step"], r[key]) for r in records if key in r]
+      if points:
+        ax.plot(*zip(*points), marker="o", markersize=3, label=label)
+    ax.set_xlabel("step")
+    ax.set_title(name, fontsize=10)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  if title:
+    fig.suptitle(title)
+  _save(fig, path)

@@ -171,8 +171,11 @@ def sweep_tables(results: dict[str, dict[int, dict]], *, reference: str = ""
       seeds = sorted(set(runs) & set(results[ref]))
       if name == ref or not seeds:
         continue
-      cells = [_fmt(*stats.mean_and_interval(
-          [float(runs[s][m]) - float(results[ref][s][m]) for s in seeds])) for m in paired]
+      cells = []
+      for m in paired:
+        diffs = [float(runs[s][m]) - float(results[ref][s][m]) for s in seeds
+                 if m in runs[s] and m in results[ref][s]]
+        cells.append(_fmt(*stats.mean_and_interval(diffs)) if diffs else "")
       md.append(f"| {name} | {len(seeds)} | " + " | ".join(cells) + " |")
     md.append("")
   md += ["| variant | seed | steps | gate | distinct (logreg / mlp / authors') | "

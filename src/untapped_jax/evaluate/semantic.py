@@ -7,6 +7,7 @@ from dimensions to digits maps the model's classes onto digits for held-out accu
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 from typing import Any
@@ -267,7 +268,8 @@ def greedy_assignment(p: np.ndarray) -> np.ndarray:
   Each row requests its argmax column; a column requested by one row goes to it; for
   columns requested by several rows, the clashing rows are matched recursively to the
   columns nobody holds, and when every row clashes the best-scoring row of the first
-  clashing column keeps it.
+  clashing column keeps it. As in the authors' code, that row may have asked for
+  another column, and the result is then not a permutation (tests/protocols_test.py).
   """
   p = np.asarray(p)
   if p.ndim != 2 or p.shape[0] != p.shape[1]:
@@ -275,9 +277,11 @@ def greedy_assignment(p: np.ndarray) -> np.ndarray:
   if p.shape[0] == 1:
     return np.array([0])
   labels = np.argmax(p, axis=1)
-  values, counts = np.unique(labels, return_counts=True)
-  single, dups = values[counts == 1], values[counts > 1]
-  if len(dups) == 0:
+  # Columns in order of first request, as the authors' collections.Counter.
+  counts = collections.Counter(labels.tolist())
+  single = [c for c, n in counts.items() if n == 1]
+  dups = [c for c, n in counts.items() if n > 1]
+  if not dups:
     return labels
   rows = [i for i in range(p.shape[0]) if labels[i] in dups]
   cols = [j for j in range(p.shape[1]) if j not in single]

@@ -1,0 +1,401 @@
+"""Tests of sweep.py: the hyper helpers, loading a config's points, folders, tables
+and the sharded runner.
+
+Expected points are written out by hand; the tables are checked against means and
+Student-t half-widths computed here with scipy.stats.t; the runner is driven with a
+fake train_and_evaluate that only records its calls.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import os
+import pathlib
+import textwrap
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from untapped_jax import sweep
+from untapped_jax.sweep import Hyper
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+POSTER = REPO / "experiments" / "configs" / "poster.py"
+
+
+def load_poster():
+  spec = importlib.util.spec_from_file_location("poster_config_for_sweep", POSTER)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+poster = load_poster()
+
+
+# ----------------------------------------------------------------------------- Hyper
+
+
+def test_sweep_is_one_dict_per_value():
+  assert Hyper.sweep("config.seed", [0, 1, 2]) == [
+      {"config.seed": 0}, {"config.seed": 1}, {"config.seed": 2}]
+  assert Hyper.sweep("config.a", []) == []
+
+
+def test_product_is_every_combination_first_key_slowest():
+  got = Hyper.product([Hyper.sweep("config.a", [1, 2]),
+                       Hyper.sweep("config.b", ["x", "y", "z"])])
+  assert got == [{"config.a": 1, "config.b": "x"}, {"config.a": 1, "config.b": "y"},
+                 {"config.a": 1, "config.b": "z"}, {"config.a": 2, "config.b": "x"},
+                 {"config.a": 2, "config.b": "y"}, {"config.a": 2, "config.b": "z"}]
+
+
+def test_product_of_zipit_merges_dicts():
+  got = Hyper.product([Hyper.sweep("config.s", [0, 1]),
+                       Hyper.zipit([Hyper.sweep("config.m", ["a", "b"]),
+                                    Hyper.sweep("config.w", [0.5, 2.0])])])
+  assert got == [{"config.s": 0, "config.m": "a", "config.w": 0.5},
+                 {"config.s": 0, "config.m": "b", "config.w": 2.0},
+                 {"config.s": 1, "config.m": "a", "config.w": 0.5},
+                 {"config.s": 1, "config.m": "b", "config.w": 2.0}]
+
+
+def test_zipit_pairs_elementwise():
+  got = Hyper.zipit([Hyper.sweep("config.a", [1, 2, 3]), Hyper.sweep("config.b", [4, 5, 6]),
+                     Hyper.sweep("config.c", ["p", "q", "r"])])
+  assert got == [{"config.a": 1, "config.b": 4, "config.c": "p"},
+                 {"config.a": 2, "config.b": 5, "config.c": "q"},
+                 {"config.a": 3, "config.b": 6, "config.c": "r"}]
+
+
+@pytest.mark.parametrize("lengths", [(2, 3), (3, 1, 3), (0, 1)])
+def test_zipit_of_unequal_lengths_raises(lengths):
+  sweeps = [Hyper.sweep(f"config.k{i}", list(range(n))) for i, n in enumerate(lengths)]
+  with pytest.raises(ValueError, match="lengths"):
+    Hyper.zipit(sweeps)
+
+
+# ----------------------------------------------------------------------------- load_points
+
+
+def write_config(tmp_path, body: str) -> str:
+  path = tmp_path / "cfg.py"
+  path.write_text(textwrap.dedent(body))
+  return str(path)
+
+
+def test_load_points_without_arg(tmp_path):
+  path = write_config(tmp_path, """
+      def get_hyper(hyper):
+        return hyper.product([hyper.sweep("config.seed", [3, 4]),
+                              hyper.sweep("config.model_name", ["m2"])])
+      """)
+  assert sweep.load_points(path) == [{"config.seed": 3, "config.model_name": "m2"},
+                                     {"config.seed": 4, "config.model_name": "m2"}]
+  # An argument is ignored by a one-parameter get_hyper.
+  assert len(sweep.load_points(path + ":whatever")) == 2
+
+
+@pytest.mark.parametrize("suffix,expected_arg", [(":n=3", "n=3"), (":abc", "abc"),
+                                                 ("", None)])
+def test_load_points_passes_the_arg(tmp_path, suffix, expected_arg):
+  path = write_config(tmp_path, """
+      def get_hyper(hyper, arg):
+        return [{"config.arg": arg}]
+      """)
+  assert sweep.load_points(path + suffix) == [{"config.arg": expected_arg}]
+
+
+def test_load_points_rejects_keys_without_config_prefix(tmp_path):
+  path = write_config(tmp_path, """
+      def get_hyper(hyper):
+        return [{"config.seed": 0}, {"seed": 1, "config.a": 2}]
+      """)
+  with pytest.raises(ValueError, match="'seed'"):
+    sweep.load_points(path)
+
+
+def test_load_points_without_get_hyper_raises(tmp_path):
+  path = write_config(tmp_path, """
+      def get_config():
+        return None
+      """)
+  with pytest.raises(ValueError, match="get_hyper"):
+    sweep.load_points(path)
+
+
+# ----------------------------------------------------------------------------- poster sweeps
+
+
+SCREEN = [("m2", "bound", 0.0), ("untapped", "bound", 1.0), ("untapped", "bound", 0.1),
+          ("untapped", "sleep", 0.1), ("untapped", "class_balance", 0.1),
+          ("untapped", "batch_posterior", 0.1), ("untapped", "consistency", 0.1)]
+
+
+def as_tuple(p):
+  return (p["config.model_name"], p["config.objective.label_only"],
+          p["config.objective.label_only_weight"])
+
+
+def test_poster_screen_sweep():
+  points = sweep.load_points(f"{POSTER}:sweep=screen")
+  assert len(points) == 7
+  assert [p["config.seed"] for p in points] == [0] * 7
+  assert [as_tuple(p) for p in points] == SCREEN
+
+
+def test_poster_compare_sweep():
+  points = sweep.load_points(f"{POSTER}:sweep=compare")
+  assert len(points) == 10
+  assert sorted((p["config.seed"], p["config.model_name"]) for p in points) == sorted(
+      (s, m) for s in range(5) for m in ("m2", "untapped"))
+
+
+def test_poster_headline_sweep_has_ten_seeds_per_variant():
+  points = sweep.load_points(f"{POSTER}:sweep=headline")
+  seeds = {}
+  for p in points:
+    seeds.setdefault(as_tuple(p), []).append(p["config.seed"])
+  assert set(seeds) == set(SCREEN)
+  assert all(sorted(s) == list(range(10)) for s in seeds.values())
+
+
+@pytest.mark.parametrize("name", ["compare", "screen", "headline"])
+def test_every_poster_point_applies(name):
+  base = poster.get_config()
+  for point in sweep.load_points(f"{POSTER}:sweep={name}"):
+    config = sweep.apply_point(base, point)
+    for key, value in point.items():
+      target = config
+      for part in key.split(".")[1:]:
+        target = target[part]
+      assert target == value, (key, value)
+
+
+def test_bad_sweep_name_is_named():
+  with pytest.raises(ValueError, match="'nosuch'"):
+    sweep.load_points(f"{POSTER}:sweep=nosuch")
+
+
+# ----------------------------------------------------------------------------- names, folders
+
+
+def test_variant_name_leaves_out_the_seed():
+  point = {"config.seed": 3, "config.model_name": "untapped",
+           "config.objective.label_only_weight": 0.1}
+  # Sorted by full key (config.model_name < config.objective.*), named by the leaf.
+  assert sweep.variant_name(point) == "model_name=untapped,label_only_weight=0.1"
+  assert sweep.variant_name({"config.seed": 5}) == "default"
+  assert sweep.point_dir("/r", point) == os.path.join(
+      "/r", "model_name=untapped,label_only_weight=0.1", "seed_3")
+  assert sweep.point_dir("/r", {"config.model_name": "m2"}) == os.path.join(
+      "/r", "model_name=m2", "seed_0")
+
+
+@pytest.mark.parametrize("seeds", [(0, 1), (2, 7)])
+def test_points_differing_in_seed_share_a_variant(seeds):
+  a, b = ({"config.model_name": "m2", "config.seed": s} for s in seeds)
+  assert sweep.variant_name(a) == sweep.variant_name(b)
+  assert os.path.dirname(sweep.point_dir("/r", a)) == os.path.dirname(sweep.point_dir("/r", b))
+  assert sweep.point_dir("/r", a) != sweep.point_dir("/r", b)
+
+
+def test_apply_point_unknown_key_raises_and_leaves_base_alone():
+  base = poster.get_config()
+  with pytest.raises(KeyError, match="config.train.no_such_key"):
+    sweep.apply_point(base, {"config.train.no_such_key": 1})
+  applied = sweep.apply_point(base, {"config.train.num_steps": 7})
+  assert applied.train.num_steps == 7 and base.train.num_steps == 10000
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+M2_NAME, U_NAME = "model_name=m2", "model_name=untapped"
+# Hand-made results: m2 over seeds 0-2; untapped over seeds 0-3 (seed 3 is unpaired).
+M2_VALUES = {"mlp_distinct_digits": [5, 6, 5], "heldout_accuracy": [0.10, 0.15, 0.11],
+             "gate_passed": [True, True, False]}
+U_VALUES = {"mlp_distinct_digits": [7, 6, 9, 10], "heldout_accuracy": [0.30, 0.20, 0.40, 0.9],
+            "gate_passed": [True, False, True, True]}
+
+
+def make_results():
+  def runs(values):
+    n = len(next(iter(values.values())))
+    return {s: {"num_steps": 100 + s, **{m: v[s] for m, v in values.items()}}
+            for s in range(n)}
+  return {M2_NAME: runs(M2_VALUES), U_NAME: runs(U_VALUES)}
+
+
+def t_cell(values) -> str:
+  v = np.asarray(values, float)
+  half = scipy.stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+  return f"{v.mean():.3f} ± {half:.3f}"
+
+
+def table_rows(md: str, header_start: str) -> dict[str, list[str]]:
+  """name -> cells of the table whose header line starts with `header_start`."""
+  lines = md.splitlines()
+  start = next(i for i, l in enumerate(lines) if l.startswith(header_start))
+  header = [c.strip() for c in lines[start].strip("|").split("|")]
+  rows = {}
+  for line in lines[start + 2:]:
+    if not line.startswith("|"):
+      break
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    rows[cells[0]] = dict(zip(header, cells))
+  return rows
+
+
+def summary_rows(md):
+  return table_rows(md, "| variant | seeds |")
+
+
+def test_summary_cells_are_mean_and_t_half_width():
+  md, _ = sweep.sweep_tables(make_results(), reference="")
+  rows = summary_rows(md)
+  for name, values in ((M2_NAME, M2_VALUES), (U_NAME, U_VALUES)):
+    assert rows[name]["seeds"] == str(len(values["heldout_accuracy"]))
+    for metric, v in values.items():
+      assert rows[name][metric] == t_cell(v), (name, metric)
+  assert rows[U_NAME]["gate_passed"].startswith("0.750 ± ")  # the share of seeds passing
+
+
+def test_hand_computed_t_interval_value():
+  # 3 seeds: t_{0.975, 2} = 4.303; sd of (5, 6, 5) = 0.5774; 4.303 * 0.5774 / sqrt 3 = 1.434.
+  md, _ = sweep.sweep_tables(make_results())
+  assert summary_rows(md)[M2_NAME]["mlp_distinct_digits"] == "5.333 ± 1.434"
+
+
+def test_metric_missing_from_all_runs_is_not_a_column():
+  md, table = sweep.sweep_tables(make_results(), reference=M2_NAME)
+  header = md.splitlines()[0]
+  for metric in ("self_consistency", "test_accuracy", "owned_digits"):
+    assert metric not in header
+  assert next(csv.reader(io.StringIO(table))) == [
+      "variant", "seed", "num_steps", "gate_passed", "mlp_distinct_digits",
+      "heldout_accuracy", "mlp_semantic_permutation", "authors_permutation"]
+
+
+def test_metric_present_in_one_variant_leaves_other_cells_empty():
+  results = make_results()
+  for s, r in results[U_NAME].items():
+    r["test_accuracy"] = 0.9 + 0.01 * s
+  rows = summary_rows(sweep.sweep_tables(results)[0])
+  assert rows[M2_NAME]["test_accuracy"] == ""
+  assert rows[U_NAME]["test_accuracy"] == t_cell([0.9, 0.91, 0.92, 0.93])
+
+
+def test_single_seed_variant_has_no_interval():
+  results = {"model_name=m2": {4: {"num_steps": 1, "heldout_accuracy": 0.25}}}
+  assert summary_rows(sweep.sweep_tables(results)[0])["model_name=m2"][
+      "heldout_accuracy"] == "0.250"
+
+
+def test_paired_differences_use_seeds_finished_in_both():
+  md, _ = sweep.sweep_tables(make_results(), reference="model_name=m2")
+  rows = table_rows(md[md.index("Paired differences"):], "| variant | seeds |")
+  assert set(rows) == {U_NAME}  # the reference itself has no row
+  assert rows[U_NAME]["seeds"] == "3"
+  for metric in ("mlp_distinct_digits", "heldout_accuracy"):
+    diffs = np.subtract(U_VALUES[metric][:3], M2_VALUES[metric])
+    assert rows[U_NAME][metric] == t_cell(diffs), metric
+  # Hand check: distinct digits differ by (2, 0, 4): mean 2, sd 2, 4.303 * 2 / sqrt 3 = 4.968.
+  assert rows[U_NAME]["mlp_distinct_digits"] == "2.000 ± 4.968"
+  assert "gate_passed" not in rows[U_NAME]  # not a paired metric
+
+
+def test_no_paired_table_without_a_matching_reference():
+  for reference in ("", "model_name=m3", "m2"):
+    md, _ = sweep.sweep_tables(make_results(), reference=reference)
+    assert "Paired differences" not in md
+
+
+def test_csv_has_one_row_per_variant_and_seed():
+  results = make_results()
+  results[U_NAME][0]["mlp_semantic_permutation"] = [1, 0, 2]
+  _, table = sweep.sweep_tables(results, reference=M2_NAME)
+  rows = list(csv.DictReader(io.StringIO(table)))
+  assert [(r["variant"], r["seed"]) for r in rows] == [
+      (M2_NAME, "0"), (M2_NAME, "1"), (M2_NAME, "2"),
+      (U_NAME, "0"), (U_NAME, "1"), (U_NAME, "2"), (U_NAME, "3")]
+  for r in rows:
+    values = M2_VALUES if r["variant"] == M2_NAME else U_VALUES
+    seed = int(r["seed"])
+    assert r["num_steps"] == str(100 + seed)
+    assert float(r["heldout_accuracy"]) == values["heldout_accuracy"][seed]
+    assert r["gate_passed"] == str(values["gate_passed"][seed])
+  assert rows[3]["mlp_semantic_permutation"] == "1 0 2"
+  assert rows[0]["mlp_semantic_permutation"] == ""
+
+
+# ----------------------------------------------------------------------------- run_points
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+  from untapped_jax import train  # pylint: disable=g-import-not-at-top
+  calls = []
+
+  def fake(config, workdir):
+    calls.append((config.seed, config.model_name, workdir))
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump({"num_steps": 1, "heldout_accuracy": 0.5}, f)
+
+  monkeypatch.setattr(train, "train_and_evaluate", fake)
+  return calls
+
+
+COMPARE = [{"config.seed": s, "config.model_name": m} for s in range(5)
+           for m in ("m2", "untapped")]
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 3])
+def test_shards_split_and_cover_the_points(tmp_path, fake_train, num_shards):
+  config = poster.get_config()
+  root = str(tmp_path)
+  for shard in range(num_shards):
+    before = len(fake_train)
+    sweep.run_points(config, COMPARE, root, shard=shard, num_shards=num_shards)
+    ran = fake_train[before:]
+    expected = [p for i, p in enumerate(COMPARE) if i % num_shards == shard]
+    assert [(s, m) for s, m, _ in ran] == [
+        (p["config.seed"], p["config.model_name"]) for p in expected]
+    assert [w for _, _, w in ran] == [sweep.point_dir(root, p) for p in expected]
+  assert sorted((s, m) for s, m, _ in fake_train) == sorted(
+      (p["config.seed"], p["config.model_name"]) for p in COMPARE)
+  # Everything finished: a second pass runs nothing.
+  before = len(fake_train)
+  for shard in range(num_shards):
+    sweep.run_points(config, COMPARE, root, shard=shard, num_shards=num_shards)
+  assert len(fake_train) == before
+
+
+def test_run_points_skips_finished_points(tmp_path, fake_train):
+  root = str(tmp_path)
+  done = sweep.point_dir(root, COMPARE[3])
+  os.makedirs(done)
+  pathlib.Path(done, "results.json").write_text("{}")
+  # A folder without results.json (an interrupted run) is run again.
+  os.makedirs(sweep.point_dir(root, COMPARE[4]))
+  sweep.run_points(poster.get_config(), COMPARE, root, shard=0, num_shards=1)
+  assert len(fake_train) == 9
+  assert (1, "untapped") not in [(s, m) for s, m, _ in fake_train]
+  assert (2, "m2") in [(s, m) for s, m, _ in fake_train]
+
+
+def test_load_results_and_write_tables(tmp_path, fake_train):
+  root = str(tmp_path)
+  sweep.run_points(poster.get_config(), COMPARE[:4], root, shard=0, num_shards=1)
+  results = sweep.load_results(root, COMPARE)
+  assert set(results) == {M2_NAME, U_NAME}
+  assert sorted(results[M2_NAME]) == [0, 1] and sorted(results[U_NAME]) == [0, 1]
+  md = sweep.write_tables(root, COMPARE, reference=M2_NAME)
+  assert (tmp_path / "sweep.md").read_text() == md
+  rows = list(csv.DictReader(io.StringIO((tmp_path / "sweep.csv").read_text())))
+  assert len(rows) == 4
