@@ -59,7 +59,7 @@ def get(config, dotted):
 AUTHORS = [
     ("data.labeled_per_class", -1), ("data.unlabeled_includes_labeled", True),
     ("data.max_unlabeled", 20000), ("data.binarization", "none"),
-    ("data.label_only_source", "classes"), ("data.label_only_batch_size", 10),
+    ("data.label_only_source", "classes"), ("data.label_only_batch_size", 10000),
     ("data.labeled_batch_size", 10000), ("data.unlabeled_batch_size", 10000),
     ("objective.label_smoothing", 0.95), ("model.latent_dim", 2),
     ("model.kernel_init", "normal"), ("model.init_stddev", 1e-3),
@@ -89,7 +89,7 @@ def test_ours_recipe_keeps_the_defaults():
 
 @pytest.mark.parametrize("arg,key,value", [
     ("batch=50", "data.labeled_batch_size", 50), ("batch=50", "data.unlabeled_batch_size", 50),
-    ("batch=50", "data.label_only_batch_size", 10), ("steps=123", "train.num_steps", 123),
+    ("batch=50", "data.label_only_batch_size", 50), ("steps=123", "train.num_steps", 123),
     ("label_only=consistency", "objective.label_only", "consistency"),
     ("lam=0.5", "objective.label_only_weight", 0.5),
     ("lam=0", "objective.label_only_weight", 0.0),

@@ -15,7 +15,8 @@ Arguments (comma separated):
                       the authors');
   lam=F               its weight lambda (default 1 for ours, 0.1 for the authors');
   per_class=N         labeled images per digit 0-4 (ours; default 100; -1: all);
-  batch=N             batch size of the labeled and unlabeled streams (authors: 10000);
+  batch=N             batch size of the labeled and unlabeled streams (authors: 10000,
+                      and of the label-only stream too);
   steps=N             training steps (default 10000 for ours, 4004 for the authors');
   sweep=NAME          which get_hyper sweep: compare | screen | headline;
   runlocal            a seconds-long smoke run.
@@ -68,6 +69,8 @@ def get_config(arg=None):
     c.objective.label_only_weight = float(args["lam"])
   if args["batch"]:
     c.data.labeled_batch_size = c.data.unlabeled_batch_size = args["batch"]
+    if args["recipe"] == "authors":
+      c.data.label_only_batch_size = args["batch"]
   if args["steps"]:
     c.train.num_steps = args["steps"]
   if args["runlocal"]:
@@ -89,11 +92,12 @@ def _authors_recipe(c):
   c.data.binarization = "none"
   # load_mnist.py: label-only data are the 10 class vectors, smoothed to 0.95.
   c.data.label_only_source = "classes"
-  c.data.label_only_batch_size = 10
   c.objective.label_smoothing = 0.95
-  # DEMO_mnist4.py: batch_size_*_train=10000 for every stream.
+  # DEMO_mnist4.py: batch_size_*_train=10000 for every stream; S2S_DGM.py wraps the
+  # 10 (y, z) pairs, so a label-only batch is each pair 1000 times, x drawn per row.
   c.data.labeled_batch_size = 10000
   c.data.unlabeled_batch_size = 10000
+  c.data.label_only_batch_size = 10000
   # DEMO_mnist4.py: 2-d z (theirs through a logistic flow onto (-pi/2, pi/2); ours Gaussian).
   c.model.latent_dim = 2
   c.model.hidden = (500,)
