@@ -160,8 +160,11 @@ def test_poster_headline_sweep_has_ten_seeds_per_variant():
   seeds = {}
   for p in points:
     seeds.setdefault(as_tuple(p), []).append(p["config.seed"])
-  assert set(seeds) == set(SCREEN)
+  assert set(seeds) == {as_tuple(v) for v in poster.HEADLINE_VARIANTS}
+  assert set(seeds) <= set(SCREEN) and len(seeds) == 2
   assert all(sorted(s) == list(range(10)) for s in seeds.values())
+  # Seed-major order: a sweep cut short still has every variant at its first seeds.
+  assert [p["config.seed"] for p in points] == sorted(p["config.seed"] for p in points)
 
 
 @pytest.mark.parametrize("name", ["compare", "screen", "headline"])
