@@ -19,6 +19,7 @@ Arguments (comma separated):
                       and of the label-only stream too);
   steps=N             training steps (default 10000 for ours, 4004 for the authors');
   sweep=NAME          which get_hyper sweep: compare | screen | headline;
+  seeds=N             seeds 0..N-1 of the headline sweep (default 10);
   runlocal            a seconds-long smoke run.
 """
 
@@ -31,7 +32,7 @@ RECIPES = ("ours", "authors")
 
 
 ARG_DEFAULTS = dict(model="untapped", recipe="ours", label_only="", lam=-1.0, per_class=100,
-                    batch=0, steps=0, sweep="compare", runlocal=False)
+                    batch=0, steps=0, sweep="compare", seeds=10, runlocal=False)
 SWEEPS = ("compare", "screen", "headline")
 
 
@@ -44,7 +45,7 @@ def get_config(arg=None):
   per_class = args["per_class"]
   if not isinstance(per_class, int) or (per_class < 1 and per_class != -1):
     raise ValueError(f"per_class={per_class!r}; expected a positive integer or -1.")
-  for key in ("batch", "steps"):
+  for key in ("batch", "steps", "seeds"):
     if not isinstance(args[key], int) or args[key] < 0:
       raise ValueError(f"{key}={args[key]!r}; expected a positive integer.")
   c = default.get_config()
@@ -142,14 +143,15 @@ def get_hyper(hyper, arg=None):
   objective (bound at lambda 1 and 0.1). headline: the variants chosen from the
   screen (README, 'The study'), over ten seeds.
   """
-  sweep = parse_arg(arg, **ARG_DEFAULTS)["sweep"]
+  args = parse_arg(arg, **ARG_DEFAULTS)
+  sweep = args["sweep"]
   if sweep not in SWEEPS:
     raise ValueError(f"sweep={sweep!r}; expected one of {SWEEPS}.")
   if sweep == "compare":
     return hyper.product([hyper.sweep("config.seed", list(range(5))),
                           hyper.sweep("config.model_name", ["m2", "untapped"])])
   variants = SCREEN_VARIANTS if sweep == "screen" else HEADLINE_VARIANTS
-  seeds = [0] if sweep == "screen" else list(range(10))
+  seeds = [0] if sweep == "screen" else list(range(args["seeds"]))
   return hyper.product([hyper.sweep("config.seed", seeds), hyper.zipit(
       [hyper.sweep(k, [v[k] for v in variants]) for k in variants[0]])])
 
