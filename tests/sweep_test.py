@@ -167,7 +167,7 @@ def test_poster_headline_sweep_has_ten_seeds_per_variant():
   assert [p["config.seed"] for p in points] == sorted(p["config.seed"] for p in points)
 
 
-@pytest.mark.parametrize("name", ["compare", "screen", "headline"])
+@pytest.mark.parametrize("name", ["compare", "screen", "headline", "headline_cpu"])
 def test_every_poster_point_applies(name):
   base = poster.get_config()
   for point in sweep.load_points(f"{POSTER}:sweep={name}"):
