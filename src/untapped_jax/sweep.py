@@ -42,6 +42,7 @@ _NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Processes sharing the sweep
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only tabulate finished points.")
 _REFERENCE = flags.DEFINE_string(
     "reference", "model_name=m2", "The variant that paired differences are taken against.")
+_METRICS = flags.DEFINE_list("metrics", None, "Metrics to tabulate (default: sweep.METRICS).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Final metrics tabulated per variant (those a run lacks are left out).
@@ -148,10 +149,10 @@ def _fmt(mean: float, half: float) -> str:
   return f"{mean:.3f} ± {half:.3f}" if np.isfinite(half) else f"{mean:.3f}"
 
 
-def sweep_tables(results: dict[str, dict[int, dict]], *, reference: str = ""
-                 ) -> tuple[str, str]:
+def sweep_tables(results: dict[str, dict[int, dict]], *, reference: str = "",
+                 metrics=METRICS) -> tuple[str, str]:
   """(markdown, csv): summary per variant, paired differences, per-seed rows."""
-  present = [m for m in METRICS
+  present = [m for m in metrics
              if any(m in r for runs in results.values() for r in runs.values())]
   md = ["| variant | seeds | " + " | ".join(present) + " |", "|---" * (len(present) + 2) + "|"]
   for name, runs in results.items():
@@ -197,8 +198,8 @@ def sweep_tables(results: dict[str, dict[int, dict]], *, reference: str = ""
   return "\n".join(md) + "\n", buf.getvalue()
 
 
-def write_tables(root: str, points, *, reference: str) -> str:
-  md, table = sweep_tables(load_results(root, points), reference=reference)
+def write_tables(root: str, points, *, reference: str, metrics=METRICS) -> str:
+  md, table = sweep_tables(load_results(root, points), reference=reference, metrics=metrics)
   files.write_text(os.path.join(root, "sweep.md"), md)
   files.write_text(os.path.join(root, "sweep.csv"), table)
   return md
@@ -215,7 +216,8 @@ def main(argv):
   root = _WORKDIR.value
   if not _REPORT_ONLY.value:
     run_points(_CONFIG.value, points, root, shard=_SHARD.value, num_shards=_NUM_SHARDS.value)
-  print(write_tables(root, points, reference=_REFERENCE.value))
+  print(write_tables(root, points, reference=_REFERENCE.value,
+                     metrics=tuple(_METRICS.value or METRICS)))
 
 
 def run():
