@@ -13,6 +13,9 @@ x is Bernoulli, so the gradient needs an estimator (`estimator`):
   'relaxed'          x ~ RelaxedBernoulli(logits, temperature) (Concrete);
   'straight_through' x = hard sample forward, sigmoid(logits)'s gradient backward;
   'exact'            x = hard sample, no gradient through x. Reported bounds use this.
+                     The decoder's only gradient is then that of -log p(x|y,z) at the
+                     stopped sample, which has zero mean (score-function identity): in
+                     expectation the term trains q(y|x) and q(z|x,y) alone.
 The forward value of 'straight_through' and 'exact' is the bound itself; 'mean' and
 'relaxed' evaluate the integrand at relaxed x, which is not a bound.
 """
