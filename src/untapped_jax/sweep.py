@@ -34,16 +34,7 @@ import numpy as np
 from untapped_jax import files
 from untapped_jax import stats
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file with get_hyper, optionally with ':arg'.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Root folder of the sweep.")
-_SHARD = flags.DEFINE_integer("shard", 0, "This process runs points shard, shard + n, ...")
-_NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Processes sharing the sweep.")
-_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only tabulate finished points.")
-_REFERENCE = flags.DEFINE_string(
-    "reference", "model_name=m2", "The variant that paired differences are taken against.")
-_METRICS = flags.DEFINE_list("metrics", None, "Metrics to tabulate (default: sweep.METRICS).")
-flags.mark_flags_as_required(["config", "workdir"])
+
 
 # Final metrics tabulated per variant (those a run lacks are left out).
 METRICS = ("gate_passed", "distinct_digits", "mlp_distinct_digits", "authors_distinct_digits",
@@ -205,22 +196,37 @@ def write_tables(root: str, points, *, reference: str, metrics=METRICS) -> str:
   return md
 
 
+def define_flags() -> None:
+  """The command line's flags; defined when the command runs, not at import, so this
+  module can be imported beside main.py and compare.py (each defines --config)."""
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file with get_hyper, optionally with ':arg'.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Root folder of the sweep.")
+  flags.DEFINE_integer("shard", 0, "This process runs points shard, shard + n, ...")
+  flags.DEFINE_integer("num_shards", 1, "Processes sharing the sweep.")
+  flags.DEFINE_bool("report_only", False, "Only tabulate finished points.")
+  flags.DEFINE_string("reference", "model_name=m2",
+                      "The variant that paired differences are taken against.")
+  flags.DEFINE_list("metrics", None, "Metrics to tabulate (default: sweep.METRICS).")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not 0 <= _SHARD.value < _NUM_SHARDS.value:
-    raise app.UsageError(f"--shard {_SHARD.value} --num_shards {_NUM_SHARDS.value}: "
+  f = flags.FLAGS
+  if not 0 <= f.shard < f.num_shards:
+    raise app.UsageError(f"--shard {f.shard} --num_shards {f.num_shards}: "
                          "expected 0 <= shard < num_shards.")
-  config_path = flags.FLAGS["config"].config_filename
-  points = load_points(config_path)
-  root = _WORKDIR.value
-  if not _REPORT_ONLY.value:
-    run_points(_CONFIG.value, points, root, shard=_SHARD.value, num_shards=_NUM_SHARDS.value)
-  print(write_tables(root, points, reference=_REFERENCE.value,
-                     metrics=tuple(_METRICS.value or METRICS)))
+  points = load_points(f["config"].config_filename)
+  if not f.report_only:
+    run_points(f.config, points, f.workdir, shard=f.shard, num_shards=f.num_shards)
+  print(write_tables(f.workdir, points, reference=f.reference,
+                     metrics=tuple(f.metrics or METRICS)))
 
 
 def run():
+  define_flags()
   app.run(main)
 
 
