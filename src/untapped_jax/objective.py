@@ -156,11 +156,9 @@ def label_only_terms(model, y: jax.Array, rng: jax.Array, *, settings: LabelOnly
                                           unlabeled_terms["unlabeled_elbos"], targets)
   keys = jax.random.split(rng, len(y))
   if name == "consistency":
-    def draws(label, key, z):  # -> (f, log p(x|y,z)), each [S]
-      ks = jax.random.split(key, s.num_samples)
-      if z is None:
-        return jax.vmap(lambda k: untapped.consistency_draw(model, label, k))(ks)
-      return jax.vmap(lambda k, zz: untapped.consistency_draw(model, label, k, z=zz))(ks, z)
+    def draws(label, key, z):  # -> (f, log p(x|y,z)), each [S]; vmap passes z=None on
+      return jax.vmap(lambda k, zz: untapped.consistency_draw(model, label, k, z=zz))(
+          jax.random.split(key, s.num_samples), z)
     f, log_p_x = _vmap_over_labels(draws, y, keys, s)  # [B, S]
     surrogate = untapped.consistency_surrogate(f.reshape(-1), log_p_x.reshape(-1))
     return surrogate.reshape(f.shape).mean(-1)
@@ -179,11 +177,11 @@ def label_only_terms(model, y: jax.Array, rng: jax.Array, *, settings: LabelOnly
 def _vmap_over_labels(fn, y: jax.Array, keys: jax.Array, settings: LabelOnlySettings):
   """vmap fn(label [K], key, z [S, Z] | None) over the batch, z fixed per class or None.
 
-  With z=None the per-draw functions sample z ~ p(z) themselves.
+  With z=None (an empty pytree, which vmap passes through) the per-draw functions
+  sample z ~ p(z) themselves.
   """
-  if settings.fixed_z is None:
-    return jax.vmap(lambda label, key: fn(label, key, None))(y, keys)
-  fixed = jnp.asarray(settings.fixed_z)[jnp.argmax(y, -1)]  # [B, S, Z]
+  fixed = (None if settings.fixed_z is None
+           else jnp.asarray(settings.fixed_z)[jnp.argmax(y, -1)])  # [B, S, Z]
   return jax.vmap(fn)(y, keys, fixed)
 
 
