@@ -565,7 +565,9 @@ def test_make_streams_pairs_images_with_their_labels(indexed):
   config.data.labeled_batch_size = 8
   s = splits_lib.make_splits(indexed, config.data, seed=0)
   st = streams.make_streams(s, config, seed=0)
-  batch = streams.batch_at(st, 5)
+  indexed_batch = streams.batch_at(st, 5)
+  assert indexed_batch["labeled"]["index"].dtype == np.int32
+  batch = jax.device_get(streams.gather_images(indexed_batch, jnp.asarray(indexed["train_images"])))
   assert set(batch) == {"labeled", "unlabeled", "label_only"}
   assert batch["labeled"]["x"].shape == (8, 784) and batch["labeled"]["x"].dtype == np.uint8
   assert batch["labeled"]["y"].shape == (8, 10) and batch["labeled"]["y"].dtype == np.float32

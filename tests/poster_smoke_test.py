@@ -77,7 +77,11 @@ def runs(cache_dirs, tmp_path_factory):
   for model in MODELS:
     config = load_poster_config(f"model={model},runlocal", cache_dirs)
     workdir = tmp_path_factory.mktemp(f"poster_{model}")
-    returned = train.train_and_evaluate(config, str(workdir))
+    population = train.train_population([config], [str(workdir)],
+                                        checkpoint_dir=str(workdir / "checkpoints"))
+    returned = {"graphdef": population.graphdef,
+                "best_params": train.unstack(population.best_params, 0),
+                "splits": population.replicas[0].splits}
     out[model] = {"config": config, "workdir": workdir, "returned": returned,
                   "results": json.loads((workdir / "results.json").read_text())}
   return out

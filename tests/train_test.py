@@ -60,9 +60,19 @@ def test_same_seed_same_numbers_and_resume_is_exact(tmp_path):
   c_resume.data.max_unlabeled = 2000
   train.train_and_evaluate(c_resume, str(tmp_path / "c"))
   c_resume.train.num_steps = 30
-  resumed = train.train_and_evaluate(c_resume, str(tmp_path / "c"))
-  leaves = lambda r: jax.tree.leaves(jax.device_get(r["state"]))
-  assert int(resumed["state"].step) == 30
+  resumed = train.train_population([c_resume], [str(tmp_path / "c")],
+                                   checkpoint_dir=str(tmp_path / "c" / "checkpoints"))
+  full = train.train_population([c], [str(tmp_path / "d")],
+                                checkpoint_dir=str(tmp_path / "d" / "checkpoints"))
+  leaves = lambda r: jax.tree.leaves(jax.device_get(r.state))
+  assert int(resumed.state.step[0]) == 30
+  # The resumed run's log has each step once, with the uninterrupted run's training
+  # numbers (the 20-step run also validated at its last step, 20).
+  strip = lambda path: [{k: v for k, v in json.loads(l).items()
+                         if k != "wall_s" and not k.startswith("validation/")}
+                        for l in open(path)]
+  assert strip(tmp_path / "c" / "metrics.jsonl") == strip(tmp_path / "d" / "metrics.jsonl")
+  assert [l["step"] for l in strip(tmp_path / "c" / "metrics.jsonl")] == [10, 20, 30]
   for a, b in zip(leaves(full), leaves(resumed)):
     np.testing.assert_array_equal(jax.random.key_data(a) if jax.dtypes.issubdtype(
         a.dtype, jax.dtypes.prng_key) else a, jax.random.key_data(b) if jax.dtypes.issubdtype(

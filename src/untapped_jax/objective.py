@@ -17,6 +17,7 @@ import dataclasses
 from typing import Callable
 
 from flax import nnx
+from flax import struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,9 +30,18 @@ LossFn = Callable[[nnx.State, Batch, jax.Array], tuple[jax.Array, dict[str, jax.
 MODEL_NAMES = ("m2", "untapped")
 
 
-@dataclasses.dataclass(frozen=True)
+def is_traced(value) -> bool:
+  """True inside jit/vmap, where a population's hyperparameters are arrays, so the
+  loss must not branch on them in Python."""
+  return isinstance(value, jax.core.Tracer)
+
+
+@struct.dataclass
 class StreamWeights:
-  """Per-example weights of each stream's batch mean in J_hat (see module doc)."""
+  """Per-example weights of each stream's batch mean in J_hat (see module doc).
+
+  A pytree: a population stacks one per replica and vmaps over them.
+  """
   labeled: float
   unlabeled: float
   label_only: float
@@ -89,7 +99,7 @@ class LabelOnlySettings:
                        f"expected one of {untapped.IMAGE_PRIORS}.")
     if self.image_prior == "pixel_bernoulli" and self.pixel_probs is None:
       raise ValueError("image_prior='pixel_bernoulli' needs pixel_probs fitted to images.")
-    if not 0.0 < self.label_smoothing <= 1.0:
+    if not is_traced(self.label_smoothing) and not 0.0 < self.label_smoothing <= 1.0:
       raise ValueError(f"objective.label_smoothing={self.label_smoothing}; expected (0, 1].")
     bad = [t for t in self.sleep_terms if t not in untapped.SLEEP_OPTIONAL_TERMS]
     if bad:
@@ -195,13 +205,15 @@ def make_loss_fn(graphdef: nnx.GraphDef, weights: StreamWeights, *, num_samples:
   `classification_temperature` > 0 scores the labels against a Concrete sample of
   q(y|x) at that temperature (the authors' classification loss) instead of q(y|x).
   """
-  use_label_only = label_only is not None and weights.label_only != 0.0
+  use_label_only = label_only is not None and (is_traced(weights.label_only)
+                                               or weights.label_only != 0.0)
+  concrete = is_traced(classification_temperature) or classification_temperature > 0
 
   def loss_fn(params, batch, rng):
     model = nnx.merge(graphdef, params)
     m2_rng, label_only_rng = jax.random.split(rng)
     terms = batch_terms(model, batch, m2_rng, num_samples=num_samples)
-    if classification_temperature > 0:
+    if concrete:
       terms["log_q_y"] = concrete_log_prob(model, batch["labeled"]["x"],
                                            batch["labeled"]["y"], jax.random.fold_in(rng, 7),
                                            temperature=classification_temperature)

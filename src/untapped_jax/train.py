@@ -1,16 +1,23 @@
-"""Train state, the jitted train step, evaluation and the training loop.
+"""Population training: S replicas (seeds, hyperparameters) in one jitted, vmapped step.
 
-The whole train state is one pytree (TrainState); the streams' positions are the
-step itself (see data/streams.py), so `train_step(state, batch)` is pure and a
-restored checkpoint resumes exactly.
+The train state is one pytree (TrainState) whose leaves carry a leading replica
+axis [S, ...]. Replicas may differ in the seed (initialisation, data split, data
+order, noise) and in the hyperparameters of POPULATION_KEYS, which enter the step
+as arrays; everything else (shapes, code paths) is shared. A single run is a
+population of one, so it goes through the same code.
+
+The streams' positions are the step itself (see data/streams.py), so the step is
+a pure function of (state, batch) and a restored checkpoint resumes exactly.
+MNIST's training images live on the device; each step receives only row indices.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from absl import logging
 from flax import nnx
@@ -26,6 +33,7 @@ import tqdm
 from untapped_jax import files
 from untapped_jax import models
 from untapped_jax import objective
+from untapped_jax import stats
 from untapped_jax.bounds import m2
 from untapped_jax.bounds import untapped
 from untapped_jax.data import mnist
@@ -33,9 +41,18 @@ from untapped_jax.data import splits as splits_lib
 from untapped_jax.data import streams as streams_lib
 from untapped_jax.evaluate import suite
 
+# Config keys whose values may differ between the replicas of one population: they
+# change neither shapes nor code paths, so they enter the jitted step as arrays.
+POPULATION_KEYS = ("seed", "num_seeds", "train.learning_rate",
+                   "objective.classification_weight", "objective.labeled_weight",
+                   "objective.unlabeled_weight", "objective.label_only_weight",
+                   "objective.label_smoothing", "objective.classification_temperature",
+                   "objective.relaxed_temperature")
+
 
 @struct.dataclass
 class TrainState:
+  """One replica's state; a population's has a leading [S] axis on every leaf."""
   step: jax.Array
   params: nnx.State
   opt_state: optax.OptState
@@ -43,7 +60,7 @@ class TrainState:
 
 
 def create_train_state(config, *, seed: int):
-  """Returns (graphdef, tx, state) for a fresh model initialised from `seed`."""
+  """Returns (graphdef, tx, state) for one fresh replica initialised from `seed`."""
   graphdef, params = nnx.split(models.build(config.model, seed=seed))
   tx = make_optimizer(config.train)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -51,9 +68,23 @@ def create_train_state(config, *, seed: int):
   return graphdef, tx, state
 
 
+def stack(trees: Sequence[Any]) -> Any:
+  """[tree, ...] -> one tree with a leading replica axis on every leaf."""
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def unstack(tree: Any, index: int) -> Any:
+  """Replica `index` of a stacked tree."""
+  return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
 def make_optimizer(train_config) -> optax.GradientTransformation:
   """Adam (learning_rate, adam_eps) after optional clipping: the global norm to
-  clip_global_norm, then each element to [-clip_value, clip_value] (0: off)."""
+  clip_global_norm, then each element to [-clip_value, clip_value] (0: off).
+
+  The learning rate lives in the optimizer state (optax.inject_hyperparams), so
+  the replicas of a population can each have their own.
+  """
   clips = []
   for key, clip in (("clip_global_norm", optax.clip_by_global_norm), ("clip_value", optax.clip)):
     value = train_config[key]
@@ -61,7 +92,12 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
       raise ValueError(f"train.{key}={value}; expected >= 0 (0: no clipping).")
     if value:
       clips.append(clip(value))
-  return optax.chain(*clips, optax.adam(train_config.learning_rate, eps=train_config.adam_eps))
+  if not train_config.learning_rate > 0:
+    raise ValueError(f"train.learning_rate={train_config.learning_rate}; expected > 0.")
+  adam = optax.inject_hyperparams(
+      lambda learning_rate: optax.chain(*clips, optax.adam(learning_rate,
+                                                            eps=train_config.adam_eps)))
+  return adam(learning_rate=train_config.learning_rate)
 
 
 def binarize_batch(batch, rng, *, mode: str):
@@ -73,14 +109,20 @@ def binarize_batch(batch, rng, *, mode: str):
   return out
 
 
-def make_train_step(loss_fn: objective.LossFn, tx: optax.GradientTransformation, *,
-                    binarization: str):
-  """train_step(state, batch) -> (state, metrics), jitted; batch holds uint8 images."""
+def make_train_step(config, graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
+  """train_step(state, batch, numbers, images) -> (state, metrics), jitted.
 
-  @jax.jit
-  def train_step(state: TrainState, batch):
+  state, batch and `numbers` (loss_numbers of each replica) carry a leading replica
+  axis [S]; the batch holds row indices into `images` (uint8 [N, D], shared by all
+  replicas, kept on the device). The step is vmapped over replicas and donates
+  its input state, whose buffers it overwrites.
+  """
+
+  def replica_step(state: TrainState, batch, numbers, images):
+    loss_fn = loss_fn_from_numbers(config, graphdef, numbers)
     rng, bin_rng, loss_rng = jax.random.split(state.rng, 3)
-    batch = binarize_batch(batch, bin_rng, mode=binarization)
+    batch = binarize_batch(streams_lib.gather_images(batch, images), bin_rng,
+                           mode=config.data.binarization)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, batch, loss_rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -89,7 +131,7 @@ def make_train_step(loss_fn: objective.LossFn, tx: optax.GradientTransformation,
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                          rng=rng), metrics
 
-  return train_step
+  return jax.jit(jax.vmap(replica_step, in_axes=(0, 0, 0, None)), donate_argnums=0)
 
 
 def make_eval_batch(graphdef: nnx.GraphDef, *, num_classes: int):
@@ -126,19 +168,6 @@ def evaluate(eval_batch, params, split: splits_lib.Split, *, batch_size: int,
       totals[k] = totals.get(k, 0.0) + float(v)
   n = len(split)
   return {"accuracy": totals.pop("correct") / n, **{k: v / n for k, v in totals.items()}}
-
-
-def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
-  stacked = jax.device_get(history)
-  return {k: float(np.mean([h[k] for h in stacked])) for k in stacked[0]}
-
-
-def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager | None:
-  if not config.train.checkpoint_every:
-    return None
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
 
 
 def prepare(config):
@@ -182,32 +211,153 @@ def fixed_label_only_z(config, *, seed: int) -> np.ndarray | None:
   return np.asarray(jax.random.normal(jax.random.key(seed + 11), shape))
 
 
-def build_loss_fn(config, graphdef, *, num_labeled: int, num_unlabeled: int,
-                  num_label_only: int, pixel_probs: np.ndarray | None) -> objective.LossFn:
-  """The loss of `config.model_name` for splits of the given sizes."""
+def uses_label_only(config) -> bool:
+  return config.model_name == "untapped" and config.objective.label_only_weight != 0
+
+
+def loss_numbers(config, *, num_labeled: int, num_unlabeled: int, num_label_only: int,
+                 pixel_probs: np.ndarray | None) -> dict[str, Any]:
+  """The numbers of a replica's loss: what may differ between replicas of a population.
+
+  A pytree of float32 scalars and arrays (None where unused); loss_fn_from_numbers
+  turns it into the loss, and the population step vmaps over a stack of them.
+  """
   name = config.model_name
   if name not in objective.MODEL_NAMES:
     raise ValueError(f"model_name={name!r}; expected one of {objective.MODEL_NAMES}.")
   o = config.objective
   weights = stream_weights(config, num_labeled=num_labeled, num_unlabeled=num_unlabeled,
                            num_label_only=num_label_only)
+  f32 = lambda v: None if v is None else np.asarray(v, np.float32)
+  numbers = {
+      "weights": jax.tree.map(f32, weights),
+      "classification_temperature": f32(o.classification_temperature),
+      "label_smoothing": f32(o.label_smoothing),
+      "relaxed_temperature": f32(o.relaxed_temperature),
+      "pixel_probs": None, "fixed_z": None}
+  if uses_label_only(config):
+    numbers["pixel_probs"] = f32(pixel_probs)
+    numbers["fixed_z"] = f32(fixed_label_only_z(config, seed=config.seed))
+    # Checks the label-only settings with concrete values, before anything is traced.
+    objective.LabelOnlySettings.from_config(o, pixel_probs=pixel_probs)
+  return numbers
+
+
+def loss_fn_from_numbers(config, graphdef, numbers: dict[str, Any]) -> objective.LossFn:
+  """The loss of `config.model_name` with the (possibly traced) `numbers`.
+
+  What changes code paths comes from `config` and is shared by a population:
+  whether the label-only term is on, and whether the classification term is scored
+  against a Concrete sample (classification_temperature > 0).
+  """
+  o = config.objective
   label_only = None
-  if name == "untapped":
-    label_only = objective.LabelOnlySettings.from_config(
-        o, pixel_probs=pixel_probs, fixed_z=fixed_label_only_z(config, seed=config.seed))
-  return objective.make_loss_fn(graphdef, weights, num_samples=o.num_samples,
+  if uses_label_only(config):
+    label_only = dataclasses.replace(
+        objective.LabelOnlySettings.from_config(o, pixel_probs=numbers["pixel_probs"],
+                                                fixed_z=numbers["fixed_z"]),
+        label_smoothing=numbers["label_smoothing"],
+        temperature=numbers["relaxed_temperature"])
+  temperature = numbers["classification_temperature"] if o.classification_temperature > 0 else 0.0
+  return objective.make_loss_fn(graphdef, numbers["weights"], num_samples=o.num_samples,
                                 label_only=label_only,
-                                classification_temperature=o.classification_temperature)
+                                classification_temperature=temperature)
+
+
+def build_loss_fn(config, graphdef, *, num_labeled: int, num_unlabeled: int,
+                  num_label_only: int, pixel_probs: np.ndarray | None) -> objective.LossFn:
+  """The loss of `config.model_name` for splits of the given sizes (one replica)."""
+  return loss_fn_from_numbers(config, graphdef, loss_numbers(
+      config, num_labeled=num_labeled, num_unlabeled=num_unlabeled,
+      num_label_only=num_label_only, pixel_probs=pixel_probs))
+
+
+def numbers_for_splits(config, splits) -> dict[str, Any]:
+  return loss_numbers(config, num_labeled=len(splits.labeled),
+                      num_unlabeled=len(splits.unlabeled),
+                      num_label_only=len(splits.label_only),
+                      pixel_probs=untapped.fit_pixel_bernoulli(splits.train_images))
 
 
 def loss_fn_for_splits(config, graphdef, splits) -> objective.LossFn:
-  return build_loss_fn(config, graphdef, num_labeled=len(splits.labeled),
-                       num_unlabeled=len(splits.unlabeled),
-                       num_label_only=len(splits.label_only),
-                       pixel_probs=untapped.fit_pixel_bernoulli(splits.train_images))
+  return loss_fn_from_numbers(config, graphdef, numbers_for_splits(config, splits))
 
 
 SELECT_BY = ("validation_accuracy", "final")
+
+
+# ----------------------------------------------------------------------------- populations
+
+
+def _flatten(config_dict: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in config_dict.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def population_signature(config) -> str:
+  """Equal for configs that can share one population: all keys outside POPULATION_KEYS,
+  plus the code paths some of those keys switch (a zero label-only weight skips the
+  term; a zero classification temperature scores q(y|x) itself)."""
+  flat = {k: v for k, v in _flatten(config.to_dict()).items() if k not in POPULATION_KEYS}
+  flat["_label_only_on"] = uses_label_only(config)
+  flat["_concrete_classification"] = config.objective.classification_temperature > 0
+  return json.dumps(flat, sort_keys=True, default=str)
+
+
+def check_population(configs: Sequence[ml_collections.ConfigDict]) -> None:
+  """Raises unless `configs` differ only in POPULATION_KEYS (naming the keys that differ)."""
+  if not configs:
+    raise ValueError("a population needs at least one config.")
+  first = configs[0]
+  for other in configs[1:]:
+    if population_signature(other) != population_signature(first):
+      a, b = _flatten(first.to_dict()), _flatten(other.to_dict())
+      keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+      raise ValueError(
+          f"configs differ in {keys}; one population may differ only in {POPULATION_KEYS} "
+          "(and not switch the label-only term or the Concrete classification on and off).")
+
+
+@dataclasses.dataclass
+class Replica:
+  """One member of a population: its config, folder, data splits and streams."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  splits: splits_lib.Splits
+  streams: dict[str, streams_lib.CyclingStream]
+
+  @property
+  def metrics_path(self) -> str:
+    return os.path.join(self.workdir, "metrics.jsonl")
+
+
+@dataclasses.dataclass
+class Population:
+  """What train_population leaves behind besides the results.json files."""
+  results: list[dict[str, Any]]
+  graphdef: nnx.GraphDef
+  state: TrainState  # stacked over replicas
+  best_params: nnx.State  # stacked over replicas
+  replicas: list[Replica]
+
+
+def _population_batch(replicas: Sequence[Replica], step: int):
+  return stack_numpy([streams_lib.batch_at(r.streams, step) for r in replicas])
+
+
+def stack_numpy(trees):
+  return jax.tree.map(lambda *leaves: np.stack(leaves), *trees)
+
+
+def _checkpoint_manager(checkpoint_dir: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.abspath(checkpoint_dir),
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
 
 
 def _save_checkpoint(manager, step: int, state: TrainState, best: dict) -> None:
@@ -218,67 +368,193 @@ def _save_checkpoint(manager, step: int, state: TrainState, best: dict) -> None:
 def _restore_checkpoint(manager, state: TrainState, best: dict):
   restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
       state=ocp.args.StandardRestore(state), best=ocp.args.StandardRestore(best)))
-  logging.info("resumed from step %d", int(restored.state.step))
+  logging.info("resumed from step %d", manager.latest_step())
   return restored.state, restored.best
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir`; returns (and writes) results.json's content.
+def _truncate_metrics(path: str, step: int) -> None:
+  """Drops metrics.jsonl lines past `step`: they are logged again after a resume."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+  files.write_text(path, "".join(lines))
 
-  The returned dict also holds the objects a caller may want to inspect:
-  'best_params', 'state', 'graphdef', 'splits'.
+
+def _append_lines(path: str, lines: Sequence[str]) -> None:
+  """Appends by rewriting through a temporary file, so a kill never leaves half a line."""
+  old = open(path).read() if os.path.exists(path) else ""
+  files.write_text(path, old + "".join(lines))
+
+
+def is_finished(config, workdir: str) -> bool:
+  """True when `workdir` holds results.json of a run of exactly `config`."""
+  paths = [os.path.join(workdir, n) for n in ("results.json", "config.json")]
+  if not all(os.path.exists(p) for p in paths):
+    return False
+  with open(paths[1]) as f:
+    return json.load(f) == json.loads(json.dumps(config.to_dict()))
+
+
+def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str],
+                     *, checkpoint_dir: str) -> Population:
+  """Trains the replicas `configs` (see check_population) as one vmapped population.
+
+  Replica i writes config.json, metrics.jsonl, results.json (and the semantic
+  evaluation's files) to workdirs[i]; the population's checkpoints, which hold all
+  replicas, go to `checkpoint_dir`. Rerunning resumes from the latest checkpoint.
   """
+  check_population(configs)
+  if len(set(map(os.path.abspath, workdirs))) != len(configs):
+    raise ValueError(f"workdirs={list(workdirs)}: expected {len(configs)} distinct folders.")
+  config = configs[0]
   if config.train.select_by not in SELECT_BY:
     raise ValueError(f"train.select_by={config.train.select_by!r}; expected one of {SELECT_BY}.")
-  os.makedirs(workdir, exist_ok=True)
-  files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  data, splits, streams = prepare(config)
-  graphdef, tx, state = create_train_state(config, seed=config.seed)
-  train_step = make_train_step(loss_fn_for_splits(config, graphdef, splits), tx,
-                               binarization=config.data.binarization)
+  data = mnist.load(config.data)
+  replicas = []
+  for c, workdir in zip(configs, workdirs):
+    splits = splits_lib.make_splits(data, c.data, seed=c.seed)
+    replicas.append(Replica(c, workdir, splits, streams_lib.make_streams(splits, c, seed=c.seed)))
+  for r in replicas:
+    os.makedirs(r.workdir, exist_ok=True)
+    files.write_json(os.path.join(r.workdir, "config.json"), r.config.to_dict())
+  numbers = jax.device_put(stack([numbers_for_splits(r.config, r.splits) for r in replicas]))
+  created = [create_train_state(c, seed=c.seed) for c in configs]
+  graphdef, tx = created[0][:2]
+  state = stack([s for _, _, s in created])
+  train_step = make_train_step(config, graphdef, tx)
+  images = jax.device_put(data["train_images"])
   eval_batch = make_eval_batch(graphdef, num_classes=config.model.num_classes)
-  evaluate_on = lambda params, split: evaluate(
-      eval_batch, params, split, batch_size=config.train.eval_batch_size,
-      binarization=config.data.binarization, seed=config.seed)
 
-  best = {"params": state.params, "accuracy": jnp.asarray(-1.0), "step": jnp.asarray(0)}
-  manager = _checkpoint_manager(workdir, config)
-  if manager is not None and manager.latest_step() is not None:
+  def evaluate_on(r: Replica, params, split):
+    return evaluate(eval_batch, params, split, batch_size=config.train.eval_batch_size,
+                    binarization=config.data.binarization, seed=r.config.seed)
+
+  best = {"params": jax.tree.map(jnp.copy, state.params),
+          "accuracy": jnp.full(len(replicas), -1.0), "step": jnp.zeros(len(replicas), jnp.int32)}
+  manager = _checkpoint_manager(checkpoint_dir)
+  if manager.latest_step() is not None:
     state, best = _restore_checkpoint(manager, state, best)
+    for r in replicas:
+      _truncate_metrics(r.metrics_path, manager.latest_step())
+  else:
+    for r in replicas:
+      _truncate_metrics(r.metrics_path, 0)
+  validators = [_validator(r.config, graphdef, r.splits, data,
+                           lambda p, split, r=r: evaluate_on(r, p, split)) for r in replicas]
   start_time = time.time()
-  state, best, num_steps = _train_loop(config, workdir, state, best, train_step=train_step,
-                                       streams=streams, manager=manager,
-                                       validate=_validator(config, graphdef, splits, data,
-                                                           evaluate_on))
+  state, best, num_steps = _train_loop(
+      config, replicas, state, best, train_step=train_step, numbers=numbers, images=images,
+      manager=manager, validators=validators)
   train_wall_s = time.time() - start_time
 
-  final_val = evaluate_on(state.params, splits.validation)
-  if config.train.select_by == "final" or final_val["accuracy"] > float(best["accuracy"]):
-    best = {"params": state.params, "accuracy": jnp.asarray(final_val["accuracy"]),
-            "step": jnp.asarray(num_steps)}
-  test = evaluate_on(best["params"], splits.test)
+  results = []
+  for i, r in enumerate(replicas):
+    params = unstack(state.params, i)
+    final_val = evaluate_on(r, params, r.splits.validation)
+    if config.train.select_by == "final" or final_val["accuracy"] > float(best["accuracy"][i]):
+      best = _replace_best(best, i, params, final_val["accuracy"], num_steps)
+    results.append(_finish_replica(r, graphdef, unstack(best["params"], i), data,
+                                   final_val=final_val, best_accuracy=float(best["accuracy"][i]),
+                                   best_step=int(best["step"][i]), num_steps=num_steps,
+                                   train_wall_s=train_wall_s, population_size=len(replicas),
+                                   evaluate_on=lambda p, split, r=r: evaluate_on(r, p, split)))
+  return Population(results=results, graphdef=graphdef, state=state,
+                    best_params=best["params"], replicas=replicas)
+
+
+def _replace_best(best: dict, i: int, params, accuracy: float, step: int) -> dict:
+  """best with replica i's entry set to (params, accuracy, step); copies, never aliases
+  the train state (whose buffers the next step donates)."""
+  return {"params": jax.tree.map(lambda b, p: b.at[i].set(p), best["params"], params),
+          "accuracy": best["accuracy"].at[i].set(accuracy),
+          "step": best["step"].at[i].set(step)}
+
+
+def _finish_replica(r: Replica, graphdef, best_params, data, *, final_val, best_accuracy,
+                    best_step, num_steps, train_wall_s, population_size, evaluate_on):
+  config, splits = r.config, r.splits
+  test = evaluate_on(best_params, splits.test)
   results = {
       "test_accuracy": test["accuracy"],
       "test_labeled_elbo": test["labeled_elbo"],
       "test_unlabeled_bound": test["unlabeled_bound"],
-      "best_validation_accuracy": float(best["accuracy"]),
-      "best_step": int(best["step"]),  # the step of the parameters evaluated on test
+      "best_validation_accuracy": best_accuracy,
+      "best_step": best_step,  # the step of the parameters evaluated on test
       "select_by": config.train.select_by,
       "final_validation": final_val,
       "num_steps": num_steps,
-      "labeled_epochs": streams["labeled"].epochs_at(num_steps),
-      "unlabeled_epochs": streams["unlabeled"].epochs_at(num_steps),
+      "labeled_epochs": r.streams["labeled"].epochs_at(num_steps),
+      "unlabeled_epochs": r.streams["unlabeled"].epochs_at(num_steps),
       "split_sizes": splits.sizes(),
-      "train_wall_s": train_wall_s,
+      "train_wall_s": train_wall_s,  # of the whole population
+      "population_size": population_size,
       "seed": config.seed,
   }
   if config.eval.semantic:
-    results.update(suite.evaluate_run(config, workdir, graphdef=graphdef,
-                                      params=best["params"], splits=splits, mnist=data))
-  files.write_json(os.path.join(workdir, "results.json"), results)
-  logging.info("results: %s", results)
-  return {**results, "best_params": best["params"], "state": state, "graphdef": graphdef,
-          "splits": splits}
+    results.update(suite.evaluate_run(config, r.workdir, graphdef=graphdef,
+                                      params=best_params, splits=splits, mnist=data))
+  files.write_json(os.path.join(r.workdir, "results.json"), results)
+  logging.info("%s: %s", r.workdir, results)
+  return results
+
+
+def replica_configs(config) -> list[ml_collections.ConfigDict]:
+  """config.num_seeds copies of `config` with seeds seed, seed + 1, ..."""
+  if config.num_seeds < 1:
+    raise ValueError(f"num_seeds={config.num_seeds}; expected a positive integer.")
+  out = []
+  for i in range(config.num_seeds):
+    c = config.copy_and_resolve_references()
+    c.seed, c.num_seeds = config.seed + i, 1
+    out.append(c)
+  return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir`; returns results.json's content.
+
+  With config.num_seeds = S > 1, trains seeds seed .. seed + S - 1 as one population
+  in workdir/seed_<s>/ and returns (and writes as summary.json, .md) the per-seed
+  results with each metric's mean and 95% interval. A finished run is not trained
+  again.
+  """
+  if config.num_seeds == 1:
+    if is_finished(config, workdir):
+      logging.info("%s holds a finished run of this config; not training again.", workdir)
+      with open(os.path.join(workdir, "results.json")) as f:
+        return json.load(f)
+    return train_population([config], [workdir],
+                            checkpoint_dir=os.path.join(workdir, "checkpoints")).results[0]
+  configs = replica_configs(config)
+  workdirs = [os.path.join(workdir, f"seed_{c.seed}") for c in configs]
+  todo = [i for i, (c, w) in enumerate(zip(configs, workdirs)) if not is_finished(c, w)]
+  if todo:
+    train_population([configs[i] for i in todo], [workdirs[i] for i in todo],
+                     checkpoint_dir=os.path.join(workdir, "checkpoints"))
+  per_seed = {}
+  for c, w in zip(configs, workdirs):
+    with open(os.path.join(w, "results.json")) as f:
+      per_seed[c.seed] = json.load(f)
+  return write_summary(workdir, per_seed)
+
+
+def write_summary(workdir: str, per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+  """summary.json and summary.md: each scalar metric's mean and 95% t-interval over seeds."""
+  scalars = sorted(k for k, v in next(iter(per_seed.values())).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed")
+  summary = {"seeds": sorted(per_seed), "per_seed": {str(s): r for s, r in per_seed.items()},
+             "mean": {}, "interval_95": {}}
+  lines = [f"Over seeds {sorted(per_seed)}: mean ± half-width of the 95% t-interval.", "",
+           "| metric | mean ± 95% | per seed |", "|---|---|---|"]
+  for k in scalars:
+    values = [float(r[k]) for r in per_seed.values() if k in r]
+    mean, half = stats.mean_and_interval(values)
+    summary["mean"][k], summary["interval_95"][k] = mean, half
+    lines.append(f"| {k} | {mean:.4g} ± {half:.2g} | {' '.join(f'{v:.4g}' for v in values)} |")
+  files.write_json(os.path.join(workdir, "summary.json"), summary)
+  files.write_text(os.path.join(workdir, "summary.md"), "\n".join(lines) + "\n")
+  return summary
 
 
 def _validator(config, graphdef, splits, data, evaluate_on):
@@ -295,42 +571,50 @@ def _validator(config, graphdef, splits, data, evaluate_on):
   return validate
 
 
-def _train_loop(config, workdir, state, best, *, train_step, streams, manager, validate):
+def _train_loop(config, replicas, state, best, *, train_step, numbers, images, manager,
+                validators):
   """Steps from state.step to train.num_steps (or the time limit); logs, validates,
-  checkpoints. Returns (state, best, the step it stopped at)."""
+  checkpoints (every train.checkpoint_every steps, and always at the end). Returns
+  (state, best, the step it stopped at)."""
   num_steps, time_limit = config.train.num_steps, config.train.time_limit_s
   select_best = config.train.select_by == "validation_accuracy"
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
   history, start_time = [], time.time()
-  bar = tqdm.trange(int(state.step), num_steps, disable=not config.train.progress_bar,
+  first = int(jax.device_get(state.step[0]))
+  last_accuracy = [float("nan")] * len(replicas)
+  bar = tqdm.trange(first, num_steps, disable=not config.train.progress_bar,
                     desc="train", dynamic_ncols=True)
   for step in bar:
-    state, metrics = train_step(state, streams_lib.batch_at(streams, step))
+    state, metrics = train_step(state, _population_batch(replicas, step), numbers, images)
     history.append(metrics)
     done = step + 1
     if time_limit and time.time() - start_time > time_limit and done < num_steps:
       logging.info("train.time_limit_s=%s reached at step %d", time_limit, done)
       num_steps = done  # end here as if configured so: log, evaluate, checkpoint
     if done % config.train.log_every == 0 or done == num_steps:
-      record = {"step": done, "wall_s": time.time() - start_time,
-                "labeled_epochs": streams["labeled"].epochs_at(done),
-                "unlabeled_epochs": streams["unlabeled"].epochs_at(done),
-                **{f"train/{k}": v for k, v in _mean_metrics(history).items()}}
+      means = {k: np.mean(v, axis=0) for k, v in stack_numpy(jax.device_get(history)).items()}
       history = []
-      if done % config.train.eval_every == 0 or done == num_steps:
-        val = validate(state.params)
-        record.update({f"validation/{k}": v for k, v in val.items()})
-        if select_best and val["accuracy"] > float(best["accuracy"]):
-          best = {"params": state.params, "accuracy": jnp.asarray(val["accuracy"]),
-                  "step": jnp.asarray(done)}
-      bar.set_postfix(loss=f"{record['train/loss']:.2f}",
-                      acc=f"{record.get('validation/accuracy', float('nan')):.3f}")
-      with open(metrics_path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-    if manager is not None and (done % config.train.checkpoint_every == 0 or done == num_steps):
-      _save_checkpoint(manager, done, state, best)
+      validate = done % config.train.eval_every == 0 or done == num_steps
+      for i, r in enumerate(replicas):
+        record = {"step": done, "wall_s": time.time() - start_time,
+                  "labeled_epochs": r.streams["labeled"].epochs_at(done),
+                  "unlabeled_epochs": r.streams["unlabeled"].epochs_at(done),
+                  **{f"train/{k}": float(v[i]) for k, v in means.items()}}
+        if validate:
+          params = unstack(state.params, i)
+          val = validators[i](params)
+          record.update({f"validation/{k}": v for k, v in val.items()})
+          last_accuracy[i] = val["accuracy"]
+          if select_best and val["accuracy"] > float(best["accuracy"][i]):
+            best = _replace_best(best, i, params, val["accuracy"], done)
+        _append_lines(r.metrics_path, [json.dumps(record) + "\n"])
+      bar.set_postfix(loss=f"{float(means['loss'].mean()):.2f}",
+                      acc=f"{np.mean(last_accuracy):.3f}")
+    every = config.train.checkpoint_every
+    if (every and done % every == 0) or done == num_steps:
+      # A copy: the next step donates (deletes) the state's buffers while orbax may
+      # still be writing them in the background.
+      _save_checkpoint(manager, done, jax.tree.map(jnp.copy, state), best)
     if done == num_steps:
       break
-  if manager is not None:
-    manager.wait_until_finished()
-  return state, best, int(state.step)
+  manager.wait_until_finished()
+  return state, best, int(jax.device_get(state.step[0]))

@@ -63,8 +63,8 @@ def sample_x(logits: jax.Array, rng: jax.Array, *, estimator: str,
 
 def smooth_labels(y: jax.Array, smoothing: float) -> jax.Array:
   """Puts `smoothing` of the mass on y's class, the rest evenly on the others: [K] -> [K]."""
-  if smoothing >= 1.0:
-    return y
+  if not isinstance(smoothing, jax.core.Tracer) and smoothing >= 1.0:
+    return y  # exactly y; the formula below gives y too, up to rounding
   k = y.shape[-1]
   return y * smoothing + (1.0 - y) * (1.0 - smoothing) / (k - 1)
 

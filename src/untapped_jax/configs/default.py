@@ -10,6 +10,9 @@ DIGITS = tuple(range(10))
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # > 1: train seeds seed .. seed + num_seeds - 1 as one vmapped population, each in
+  # workdir/seed_<s>/, plus summary.json/.md over the seeds (train.train_and_evaluate).
+  c.num_seeds = 1
   c.model_name = "m2"  # 'm2' | 'untapped'
 
   c.data = ml_collections.ConfigDict()

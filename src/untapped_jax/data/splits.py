@@ -24,9 +24,14 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """images uint8 [N, 784] (None for label-only data) and labels int32 [N]."""
+  """images uint8 [N, 784] (None for label-only data) and labels int32 [N].
+
+  `indices` int64 [N]: the images' rows in MNIST's training images (None for the
+  test and label-only splits), so a device-resident copy of those can be indexed.
+  """
   images: np.ndarray | None
   labels: np.ndarray
+  indices: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -108,8 +113,8 @@ def make_splits(mnist: dict[str, np.ndarray], config: Any, *, seed: int) -> Spli
     label_only_labels = labels[_cap(rest[np.isin(labels[rest], label_only_classes)],
                                     config.max_label_only)]
 
-  def take(idx, with_images=True):
-    return Split(images[idx] if with_images else None, labels[idx])
+  def take(idx):
+    return Split(images[idx], labels[idx], indices=idx)
 
   splits = Splits(
       labeled=take(labeled), unlabeled=take(unlabeled),

@@ -63,15 +63,21 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def make_streams(splits, config, *, seed: int) -> dict[str, CyclingStream]:
-  """One stream per training set; images stay uint8 (binarised on the device)."""
+  """One stream per training set.
+
+  The image streams yield 'index' (int32 rows of MNIST's training images), not
+  images: the images live on the device and the train step gathers them
+  (gather_images), so a step moves a few hundred integers, not megabytes.
+  """
   data = config.data
   k = config.model.num_classes
+  rows = lambda split: split.indices.astype(np.int32)
   return {
       "labeled": CyclingStream(
-          {"x": splits.labeled.images, "y": one_hot(splits.labeled.labels, k)},
+          {"index": rows(splits.labeled), "y": one_hot(splits.labeled.labels, k)},
           batch_size=data.labeled_batch_size, seed=seed, stream_id=0),
       "unlabeled": CyclingStream(
-          {"x": splits.unlabeled.images}, batch_size=data.unlabeled_batch_size,
+          {"index": rows(splits.unlabeled)}, batch_size=data.unlabeled_batch_size,
           seed=seed, stream_id=1),
       "label_only": CyclingStream(
           {"y": one_hot(splits.label_only.labels, k)},
@@ -81,6 +87,12 @@ def make_streams(splits, config, *, seed: int) -> dict[str, CyclingStream]:
 
 def batch_at(streams: dict[str, CyclingStream], step: int) -> dict[str, dict[str, np.ndarray]]:
   return {name: stream.batch_at(step) for name, stream in streams.items()}
+
+
+def gather_images(batch, images: jax.Array):
+  """Replaces each stream's 'index' [..., B] by 'x' = images[index] [..., B, D] (uint8)."""
+  return {name: {("x" if k == "index" else k): (images[v] if k == "index" else v)
+                 for k, v in arrays.items()} for name, arrays in batch.items()}
 
 
 def binarize(images: jax.Array, rng: jax.Array, *, mode: str) -> jax.Array:

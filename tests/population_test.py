@@ -1,0 +1,119 @@
+"""Populations: replicas vmapped in one jitted step equal separate runs (real MNIST)."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from untapped_jax import train
+from untapped_jax.configs import default
+
+DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
+needs_mnist = pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")
+
+
+def tiny_config(**overrides):
+  c = default.get_config()
+  c.data.dir = DATA_DIR
+  c.data.source = "folder"
+  c.data.num_validation = 1000
+  c.data.max_unlabeled = 2000
+  c.data.max_label_only = 2000
+  c.data.labeled_batch_size = 20
+  c.data.unlabeled_batch_size = 20
+  c.data.label_only_batch_size = 20
+  c.model.hidden = (64,)
+  c.model.latent_dim = 8
+  c.train.num_steps = 20
+  c.train.log_every = 10
+  c.train.eval_every = 20
+  c.train.checkpoint_every = 0
+  c.train.progress_bar = False
+  c.train.eval_batch_size = 2000
+  for key, value in overrides.items():
+    target = c
+    *parents, leaf = key.split(".")
+    for name in parents:
+      target = target[name]
+    target[leaf] = value
+  return c
+
+
+def train_one(config, workdir):
+  return train.train_population([config], [str(workdir)],
+                                checkpoint_dir=str(workdir / "checkpoints"))
+
+
+def assert_replica_matches(population, i, single):
+  """Replica i of a population against a population of one: same numbers to float
+  tolerance (vmapping reorders reductions) after 20 Adam steps."""
+  a = jax.tree.leaves(jax.device_get(train.unstack(population.state.params, i)))
+  b = jax.tree.leaves(jax.device_get(train.unstack(single.state.params, 0)))
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+  ra, rb = population.results[i], single.results[0]
+  assert ra["seed"] == rb["seed"]
+  assert ra["test_accuracy"] == pytest.approx(rb["test_accuracy"], abs=2e-3)
+  assert ra["test_unlabeled_bound"] == pytest.approx(rb["test_unlabeled_bound"], rel=1e-4)
+  assert ra["split_sizes"] == rb["split_sizes"]
+
+
+@needs_mnist
+@pytest.mark.parametrize("model_name,overrides", [
+    ("m2", [{"seed": 0, "train.learning_rate": 1e-3, "objective.classification_weight": 1.0},
+            {"seed": 1, "train.learning_rate": 3e-4, "objective.classification_weight": 0.1}]),
+    ("untapped", [{"seed": 3, "objective.label_only_weight": 1.0,
+                   "objective.label_smoothing": 1.0},
+                  {"seed": 3, "objective.label_only_weight": 0.3,
+                   "objective.label_smoothing": 0.9}]),
+])
+def test_population_replicas_equal_separate_runs(tmp_path, model_name, overrides):
+  configs = [tiny_config(model_name=model_name, **o) for o in overrides]
+  population = train.train_population(
+      configs, [str(tmp_path / f"r{i}") for i in range(len(configs))],
+      checkpoint_dir=str(tmp_path / "population_checkpoints"))
+  # The replicas really differ: different hyperparameters give different parameters.
+  p0, p1 = (jax.tree.leaves(train.unstack(population.state.params, i))[0] for i in (0, 1))
+  assert not np.allclose(p0, p1)
+  for i, config in enumerate(configs):
+    single = train_one(config, tmp_path / f"single{i}")
+    assert_replica_matches(population, i, single)
+    on_disk = json.loads((tmp_path / f"r{i}" / "results.json").read_text())
+    assert on_disk["population_size"] == 2 and on_disk["seed"] == config.seed
+    assert json.loads((tmp_path / f"r{i}" / "config.json").read_text())["seed"] == config.seed
+
+
+def test_check_population_names_the_keys_that_differ():
+  base = tiny_config()
+  train.check_population([base, tiny_config(seed=5, **{"train.learning_rate": 0.01})])
+  with pytest.raises(ValueError, match=r"model\.latent_dim"):
+    train.check_population([base, tiny_config(**{"model.latent_dim": 4})])
+  with pytest.raises(ValueError, match=r"label_only_weight"):  # switches the term off
+    train.check_population([tiny_config(model_name="untapped"),
+                            tiny_config(model_name="untapped",
+                                        **{"objective.label_only_weight": 0.0})])
+  with pytest.raises(ValueError, match="at least one"):
+    train.check_population([])
+
+
+@needs_mnist
+def test_num_seeds_trains_each_seed_once_and_summarises(tmp_path):
+  config = tiny_config(num_seeds=2, seed=4)
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary["seeds"] == [4, 5]
+  per_seed = [json.loads((tmp_path / f"seed_{s}" / "results.json").read_text())
+              for s in (4, 5)]
+  accuracies = [r["test_accuracy"] for r in per_seed]
+  assert summary["mean"]["test_accuracy"] == pytest.approx(np.mean(accuracies))
+  assert per_seed[0]["test_accuracy"] != per_seed[1]["test_accuracy"]
+  assert "test_accuracy" in (tmp_path / "summary.md").read_text()
+  # Seed 5 of the population equals seed 5 trained alone.
+  single = train_one(tiny_config(seed=5), tmp_path / "alone")
+  assert single.results[0]["test_accuracy"] == pytest.approx(accuracies[1], abs=2e-3)
+  # A rerun finds every seed finished and trains nothing.
+  mtime = os.path.getmtime(tmp_path / "seed_4" / "results.json")
+  again = train.train_and_evaluate(config, str(tmp_path))
+  assert again["mean"] == summary["mean"]
+  assert os.path.getmtime(tmp_path / "seed_4" / "results.json") == mtime
