@@ -14,12 +14,15 @@ import io
 import json
 import os
 import pathlib
+import subprocess
+import sys
 import textwrap
 
 import numpy as np
 import pytest
 import scipy.stats
 
+from untapped_jax import files
 from untapped_jax import sweep
 from untapped_jax.sweep import Hyper
 
@@ -149,7 +152,8 @@ def test_poster_screen_sweep():
 
 
 def test_poster_compare_sweep():
-  points = sweep.load_points(f"{POSTER}:sweep=compare")
+  assert len(sweep.load_points(f"{POSTER}:sweep=compare")) == 20  # ten seeds by default
+  points = sweep.load_points(f"{POSTER}:sweep=compare,seeds=5")
   assert len(points) == 10
   assert sorted((p["config.seed"], p["config.model_name"]) for p in points) == sorted(
       (s, m) for s in range(5) for m in ("m2", "untapped"))
@@ -341,16 +345,22 @@ def test_csv_has_one_row_per_variant_and_seed():
 
 @pytest.fixture
 def fake_train(monkeypatch):
+  """Records each population train_population is asked for; writes what a run would."""
   from untapped_jax import train  # pylint: disable=g-import-not-at-top
   calls = []
 
-  def fake(config, workdir):
-    calls.append((config.seed, config.model_name, workdir))
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump({"num_steps": 1, "heldout_accuracy": 0.5}, f)
+  def fake(configs, workdirs, *, checkpoint_dir):
+    train.check_population(configs)
+    calls.append([(c.seed, c.model_name, w) for c, w in zip(configs, workdirs)])
+    for c, w in zip(configs, workdirs):
+      os.makedirs(w, exist_ok=True)
+      files.write_json(os.path.join(w, "config.json"), c.to_dict())
+      files.write_json(os.path.join(w, "results.json"), {"num_steps": 1,
+                                                          "heldout_accuracy": 0.5})
+    assert checkpoint_dir == sweep.population_checkpoint_dir(os.path.dirname(
+        os.path.dirname(workdirs[0])), workdirs)
 
-  monkeypatch.setattr(train, "train_and_evaluate", fake)
+  monkeypatch.setattr(train, "train_population", fake)
   return calls
 
 
@@ -358,20 +368,39 @@ COMPARE = [{"config.seed": s, "config.model_name": m} for s in range(5)
            for m in ("m2", "untapped")]
 
 
+def ran_points(calls):
+  return sorted((s, m) for population in calls for s, m, _ in population)
+
+
+def test_points_differing_in_population_keys_train_as_one_population(tmp_path, fake_train):
+  sweep.run_points(poster.get_config(), COMPARE, str(tmp_path), shard=0, num_shards=1)
+  # model_name changes the code path: one population per model, the seeds vmapped.
+  assert [[(s, m) for s, m, _ in p] for p in fake_train] == [
+      [(s, "m2") for s in range(5)], [(s, "untapped") for s in range(5)]]
+  assert [w for p in fake_train for _, _, w in p] == [
+      sweep.point_dir(str(tmp_path), p) for m in ("m2", "untapped")
+      for p in COMPARE if p["config.model_name"] == m]
+
+
+def test_max_population_caps_the_replicas_per_population(tmp_path, fake_train):
+  sweep.run_points(poster.get_config(), COMPARE, str(tmp_path), shard=0, num_shards=1,
+                   max_population=2)
+  assert [len(p) for p in fake_train] == [2, 2, 1, 2, 2, 1]
+  assert ran_points(fake_train) == sorted((p["config.seed"], p["config.model_name"])
+                                          for p in COMPARE)
+  with pytest.raises(ValueError, match="max_population=-1"):
+    sweep.plan_populations(poster.get_config(), COMPARE, str(tmp_path), max_population=-1)
+
+
 @pytest.mark.parametrize("num_shards", [1, 2, 3])
 def test_shards_split_and_cover_the_points(tmp_path, fake_train, num_shards):
   config = poster.get_config()
   root = str(tmp_path)
   for shard in range(num_shards):
-    before = len(fake_train)
-    sweep.run_points(config, COMPARE, root, shard=shard, num_shards=num_shards)
-    ran = fake_train[before:]
-    expected = [p for i, p in enumerate(COMPARE) if i % num_shards == shard]
-    assert [(s, m) for s, m, _ in ran] == [
-        (p["config.seed"], p["config.model_name"]) for p in expected]
-    assert [w for _, _, w in ran] == [sweep.point_dir(root, p) for p in expected]
-  assert sorted((s, m) for s, m, _ in fake_train) == sorted(
-      (p["config.seed"], p["config.model_name"]) for p in COMPARE)
+    sweep.run_points(config, COMPARE, root, shard=shard, num_shards=num_shards,
+                     max_population=2)
+  assert ran_points(fake_train) == sorted((p["config.seed"], p["config.model_name"])
+                                          for p in COMPARE)
   # Everything finished: a second pass runs nothing.
   before = len(fake_train)
   for shard in range(num_shards):
@@ -379,17 +408,27 @@ def test_shards_split_and_cover_the_points(tmp_path, fake_train, num_shards):
   assert len(fake_train) == before
 
 
-def test_run_points_skips_finished_points(tmp_path, fake_train):
+def test_run_points_skips_points_finished_with_the_same_config(tmp_path, fake_train):
   root = str(tmp_path)
+  config = poster.get_config()
   done = sweep.point_dir(root, COMPARE[3])
   os.makedirs(done)
+  files.write_json(os.path.join(done, "config.json"),
+                   sweep.apply_point(config, COMPARE[3]).to_dict())
   pathlib.Path(done, "results.json").write_text("{}")
+  # Finished, but under another config (steps changed): run again.
+  stale = sweep.point_dir(root, COMPARE[5])
+  os.makedirs(stale)
+  other = sweep.apply_point(config, COMPARE[5])
+  other.train.num_steps += 1
+  files.write_json(os.path.join(stale, "config.json"), other.to_dict())
+  pathlib.Path(stale, "results.json").write_text("{}")
   # A folder without results.json (an interrupted run) is run again.
   os.makedirs(sweep.point_dir(root, COMPARE[4]))
-  sweep.run_points(poster.get_config(), COMPARE, root, shard=0, num_shards=1)
-  assert len(fake_train) == 9
-  assert (1, "untapped") not in [(s, m) for s, m, _ in fake_train]
-  assert (2, "m2") in [(s, m) for s, m, _ in fake_train]
+  sweep.run_points(config, COMPARE, root, shard=0, num_shards=1)
+  ran = ran_points(fake_train)
+  assert len(ran) == 9 and (1, "untapped") not in ran
+  assert (2, "m2") in ran and (2, "untapped") in ran
 
 
 def test_load_results_and_write_tables(tmp_path, fake_train):
@@ -402,3 +441,51 @@ def test_load_results_and_write_tables(tmp_path, fake_train):
   assert (tmp_path / "sweep.md").read_text() == md
   rows = list(csv.DictReader(io.StringIO((tmp_path / "sweep.csv").read_text())))
   assert len(rows) == 4
+
+
+# ----------------------------------------------------------------------------- end to end
+
+SWEEP_CONFIG = '''
+from untapped_jax.configs import default, shrink_for_runlocal
+
+
+def get_config():
+  c = shrink_for_runlocal(default.get_config())
+  c.data.source = "folder"
+  c.data.max_unlabeled = 500
+  c.model.hidden = (32,)
+  c.model.latent_dim = 4
+  c.train.num_steps = 6
+  c.train.log_every = 3
+  c.train.eval_every = 6
+  return c
+
+
+def get_hyper(hyper):
+  return hyper.product([hyper.sweep("config.seed", [0, 1]),
+                        hyper.sweep("config.train.learning_rate", [1e-3, 3e-4])])
+'''
+
+
+@pytest.mark.skipif(not os.environ.get("UNTAPPED_DATA_DIR"), reason="needs real MNIST")
+def test_command_line_sweep_trains_one_population_and_skips_it_on_rerun(tmp_path):
+  config_path = tmp_path / "tiny_sweep.py"
+  config_path.write_text(SWEEP_CONFIG)
+  root = tmp_path / "sweep"
+  cmd = [sys.executable, "-m", "untapped_jax.sweep", f"--config={config_path}",
+         f"--workdir={root}", "--reference=learning_rate=0.001", "--metrics=test_accuracy"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # Seeds and learning rates differ only in population keys: one population of four.
+  assert len(os.listdir(root / "populations")) == 1
+  for lr in ("0.001", "0.0003"):
+    for seed in (0, 1):
+      results = json.loads((root / f"learning_rate={lr}" / f"seed_{seed}" /
+                            "results.json").read_text())
+      assert results["population_size"] == 4 and results["seed"] == seed
+      assert results["num_steps"] == 6
+  md = (root / "sweep.md").read_text()
+  assert "| learning_rate=0.001 | 2 |" in md and "| learning_rate=0.0003 | 2 |" in md
+  rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "4 of 4 points already finished" in rerun.stderr

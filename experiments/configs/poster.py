@@ -139,7 +139,7 @@ def _authors_recipe(c):
 def get_hyper(hyper, arg=None):
   """The sweeps of the study (sweep=compare | screen | headline), seeds included.
 
-  compare: both models over five seeds. screen: one seed of M2 and of each label-only
+  compare: both models over `seeds` seeds (default 10). screen: one seed of M2 and of each label-only
   objective (bound at lambda 1 and 0.1). headline: the variants chosen from the
   screen (README, 'The study'), over ten seeds. headline_cpu: the same plus
   class_balance, chosen after the whole screen, for the reduced-scale runs on the CPU.
@@ -149,7 +149,7 @@ def get_hyper(hyper, arg=None):
   if sweep not in SWEEPS:
     raise ValueError(f"sweep={sweep!r}; expected one of {SWEEPS}.")
   if sweep == "compare":
-    return hyper.product([hyper.sweep("config.seed", list(range(5))),
+    return hyper.product([hyper.sweep("config.seed", list(range(args["seeds"]))),
                           hyper.sweep("config.model_name", ["m2", "untapped"])])
   variants = {"screen": SCREEN_VARIANTS, "headline": HEADLINE_VARIANTS,
               "headline_cpu": HEADLINE_CPU_VARIANTS}[sweep]

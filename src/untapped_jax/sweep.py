@@ -1,14 +1,18 @@
 r"""Runs every point of a config file's sweep and tabulates the final metrics.
 
   untapped-sweep --config experiments/configs/poster.py:sweep=screen --workdir runs/screen \
-      [--shard 0 --num_shards 2] [--report_only] [--reference model_name=m2] \
-      [--config.train.num_steps=3000]
+      [--shard 0 --num_shards 2] [--max_population 8] [--report_only] \
+      [--reference model_name=m2] [--config.train.num_steps=3000]
+  untapped-compare --workdir runs/compare   # the same, over poster.py:sweep=compare
 
 The sweep is the config file's `get_hyper(hyper, arg)` (big_vision style): a list of
 points, each a dict of 'config.<key>' overrides built with hyper.sweep / product /
-zipit. Point p runs in WORKDIR/<its overrides but the seed>/seed_<s>; a point whose
-results.json exists is skipped, so a rerun finishes an interrupted sweep, and shards
-(--shard i --num_shards n, one process each) split the points between processes.
+zipit. Point p runs in WORKDIR/<its overrides but the seed>/seed_<s>. Points whose
+configs differ only in what train.POPULATION_KEYS allows (seeds, loss weights, the
+learning rate, ...) train together as one vmapped population (train.train_population),
+checkpointed under WORKDIR/populations/. A point finished with the same config is
+skipped, so a rerun finishes an interrupted sweep; shards (--shard i --num_shards n,
+one process each) split the populations between processes.
 Every run writes its own results.json; the sweep writes sweep.md and sweep.csv: per
 variant, the mean and 95% t-interval over seeds of each metric, per-seed rows, and
 paired differences (variant minus --reference, per seed).
@@ -17,6 +21,7 @@ paired differences (variant minus --reference, per seed).
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import inspect
 import io
@@ -111,17 +116,54 @@ def apply_point(config, point: dict[str, Any]):
   return config
 
 
-def run_points(config, points, root: str, *, shard: int, num_shards: int) -> None:
+def plan_populations(config, points, root: str, *, max_population: int = 0
+                     ) -> list[list[tuple[dict[str, Any], Any, str]]]:
+  """Groups the points into populations: (point, config, workdir) lists whose configs
+  differ only in train.POPULATION_KEYS (seeds, weights, learning rate, ...), in the
+  points' order, each at most `max_population` long (0: no cap).
+
+  The plan covers finished points too, so every shard process computes the same plan
+  whatever the others have finished.
+  """
   from untapped_jax import train  # pylint: disable=g-import-not-at-top
-  for i, point in enumerate(points):
-    if i % num_shards != shard:
+  if max_population < 0:
+    raise ValueError(f"max_population={max_population}; expected >= 0 (0: no cap).")
+  groups: dict[str, list] = {}
+  for point in points:
+    c = apply_point(config, point)
+    groups.setdefault(train.population_signature(c), []).append((point, c, point_dir(root, point)))
+  out = []
+  for members in groups.values():
+    size = max_population or len(members)
+    out += [members[i:i + size] for i in range(0, len(members), size)]
+  return out
+
+
+def population_checkpoint_dir(root: str, workdirs) -> str:
+  """Checkpoints of the population of exactly these run folders."""
+  key = hashlib.sha1("\n".join(sorted(os.path.relpath(w, root) for w in workdirs)).encode())
+  return os.path.join(root, "populations", key.hexdigest()[:12], "checkpoints")
+
+
+def run_points(config, points, root: str, *, shard: int, num_shards: int,
+               max_population: int = 0) -> None:
+  """Trains this shard's populations (plan_populations; population g goes to shard
+  g mod num_shards), leaving out points already finished with the same config."""
+  from untapped_jax import train  # pylint: disable=g-import-not-at-top
+  plan = plan_populations(config, points, root, max_population=max_population)
+  for g, members in enumerate(plan):
+    if g % num_shards != shard:
       continue
-    workdir = point_dir(root, point)
-    if os.path.exists(os.path.join(workdir, "results.json")):
-      logging.info("%s is finished, skipping", workdir)
+    todo = [(c, w) for _, c, w in members if not train.is_finished(c, w)]
+    if len(todo) < len(members):
+      logging.info("population %d/%d: %d of %d points already finished", g + 1, len(plan),
+                   len(members) - len(todo), len(members))
+    if not todo:
       continue
-    logging.info("sweep point %d/%d: %s", i + 1, len(points), point)
-    train.train_and_evaluate(apply_point(config, point), workdir)
+    workdirs = [w for _, w in todo]
+    logging.info("population %d/%d: %s", g + 1, len(plan), workdirs)
+    train.train_population([c for c, _ in todo], workdirs,
+                           checkpoint_dir=population_checkpoint_dir(root, workdirs))
 
 
 def load_results(root: str, points) -> dict[str, dict[int, dict]]:
@@ -196,19 +238,22 @@ def write_tables(root: str, points, *, reference: str, metrics=METRICS) -> str:
   return md
 
 
-def define_flags() -> None:
+def define_flags(default_config: str | None = None) -> None:
   """The command line's flags; defined when the command runs, not at import, so this
-  module can be imported beside main.py and compare.py (each defines --config)."""
+  module can be imported beside main.py (which defines --config too)."""
   config_flags.DEFINE_config_file(
-      "config", None, "Config file with get_hyper, optionally with ':arg'.", lock_config=True)
+      "config", default_config, "Config file with get_hyper, optionally with ':arg'.",
+      lock_config=True)
   flags.DEFINE_string("workdir", None, "Root folder of the sweep.")
   flags.DEFINE_integer("shard", 0, "This process runs points shard, shard + n, ...")
   flags.DEFINE_integer("num_shards", 1, "Processes sharing the sweep.")
+  flags.DEFINE_integer("max_population", 0,
+                       "Most replicas trained in one vmapped population (0: no cap).")
   flags.DEFINE_bool("report_only", False, "Only tabulate finished points.")
   flags.DEFINE_string("reference", "model_name=m2",
                       "The variant that paired differences are taken against.")
   flags.DEFINE_list("metrics", None, "Metrics to tabulate (default: sweep.METRICS).")
-  flags.mark_flags_as_required(["config", "workdir"])
+  flags.mark_flags_as_required(["workdir"] if default_config else ["config", "workdir"])
 
 
 def main(argv):
@@ -220,13 +265,25 @@ def main(argv):
                          "expected 0 <= shard < num_shards.")
   points = load_points(f["config"].config_filename)
   if not f.report_only:
-    run_points(f.config, points, f.workdir, shard=f.shard, num_shards=f.num_shards)
+    run_points(f.config, points, f.workdir, shard=f.shard, num_shards=f.num_shards,
+               max_population=f.max_population)
   print(write_tables(f.workdir, points, reference=f.reference,
                      metrics=tuple(f.metrics or METRICS)))
 
 
 def run():
   define_flags()
+  app.run(main)
+
+
+COMPARE_CONFIG = os.path.join("experiments", "configs", "poster.py") + ":sweep=compare"
+
+
+def run_compare():
+  """untapped-compare: this sweep over the poster config's `sweep=compare` points
+  (M2 and Untapped over seeds; --config=experiments/configs/poster.py:sweep=compare,seeds=3
+  for fewer seeds)."""
+  define_flags(default_config=COMPARE_CONFIG)
   app.run(main)
 
 
