@@ -1,117 +1,252 @@
-r"""Throughput of the jitted train step, and achieved vs. this machine's matmul GFLOP/s.
+r"""Train-step throughput: untapped_jax's jitted steps against PyTorch, and populations.
 
-  python benchmarks/throughput.py [--config experiments/configs/m2_benchmark.py] [--steps 50]
+  python benchmarks/throughput.py [--json] [--unlabeled_batch 200] [--steps 30]
+  python benchmarks/throughput.py --tiny --json   # seconds-long, for tests
 
-FLOPs are counted from the MLPs' shapes: 2 * (in * out) per dense layer per example,
-forward; a training step costs about 3x its forward pass (forward + two matmuls per layer
-backward). XLA's own count from cost_analysis() is printed beside it. Data loading is
-excluded: one batch is placed on the device and reused.
+One table, then (--json) one JSON line. Each figure is measured in its own
+subprocess, so each has its own peak resident memory (ru_maxrss) and no run warms
+another's caches:
+  - jax_m2, jax_untapped: train.make_train_step (a population of one, as every run),
+    default networks, --unlabeled_batch unlabeled images plus the config's labeled and
+    label-only batches; unlabeled examples per second.
+  - torch_eager, torch_compile: benchmarks/torch_m2.py, the same layers and batches
+    (needs the 'bench' extra: pip install -e '.[bench]').
+  - jax_m2_sS: S replicas of the M2 step vmapped; cost per replica relative to S
+    separate steps, t_S / (S t_1).
+  - matmul: this machine's float32 square matmul GFLOP/s.
+Useful GFLOP/s counts the smallest exact computation of the M2 bound and its
+gradient: x W_x once per image, the K label branches past it, x3 for the backward
+pass; XLA's own count (cost_analysis) is printed beside it. Timings only; nothing
+here asserts a speed.
 """
 
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
 import time
 
 from absl import app
 from absl import flags
-import jax
-from ml_collections import config_flags
-import numpy as np
 
-from untapped_jax import train
+_JSON = flags.DEFINE_bool("json", False, "End with one JSON line of the figures.")
+_TINY = flags.DEFINE_bool("tiny", False, "Tiny batches and steps (tests).")
+_UNLABELED = flags.DEFINE_integer("unlabeled_batch", 200, "Unlabeled images per step.")
+_STEPS = flags.DEFINE_integer("steps", 30, "Timed steps, after compilation and warm-up.")
+_POPULATIONS = flags.DEFINE_list("populations", ["1", "2", "4", "8"], "Replica counts S.")
+_TORCH = flags.DEFINE_bool("torch", True, "Measure the PyTorch peer when torch is installed.")
+_ONLY = flags.DEFINE_string("only", "", "Internal: measure one thing, print its JSON.")
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/m2_benchmark.py", "Config file.", lock_config=False)
-_STEPS = flags.DEFINE_integer("steps", 50, "Timed steps (after compilation).")
-_MATMUL = flags.DEFINE_integer("matmul_size", 1024, "Square matmul size for the peak figure.")
+MATMUL = 1024
 
 
-def mlp_macs(din, hidden, dout):
-  sizes = [din, *hidden, dout]
+def bench_config(model_name: str, *, unlabeled_batch: int, tiny: bool):
+  from untapped_jax.configs import default  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  c.model_name = model_name
+  c.data.unlabeled_batch_size = unlabeled_batch
+  if tiny:
+    c.model.hidden, c.model.latent_dim = (32,), 4
+    c.data.labeled_batch_size = c.data.label_only_batch_size = 4
+    c.data.unlabeled_batch_size = min(unlabeled_batch, 8)
+  return c
+
+
+def mlp_macs(sizes) -> int:
   return sum(a * b for a, b in zip(sizes, sizes[1:]))
 
 
-def label_only_forward_macs(config, *, classifier: int, encoder: int, decoder: int) -> int:
-  """Multiply-accumulates of one label-only example's forward pass."""
-  o = config.objective
-  prior = classifier + config.model.num_classes * (encoder + decoder) if (
-      o.image_prior == "model") else 0
-  return o.label_only_num_samples * (decoder + encoder + classifier + prior)
-
-
-def forward_flops_per_step(config) -> dict[str, float]:
-  """Forward FLOPs of one step's MLP passes, by stream."""
+def useful_forward_flops(config) -> float:
+  """Forward FLOPs of the smallest exact M2 step: the classifier and x W_x once per
+  image, the rest of the encoder and the decoder once per (image, label)."""
   m, d = config.model, config.data
-  h, k, s = tuple(m.hidden), m.num_classes, config.objective.num_samples
-  classifier = mlp_macs(m.num_pixels, h, k)
-  encoder = mlp_macs(m.num_pixels + k, h, 2 * m.latent_dim)
-  encoder_x = m.num_pixels * h[0]  # shared by the K labels of the unlabeled bound
-  decoder = mlp_macs(k + m.latent_dim, h, m.num_pixels)
-  flops = {
-      "labeled": 2 * d.labeled_batch_size * (classifier + encoder + s * decoder),
-      "unlabeled": 2 * d.unlabeled_batch_size * (
-          classifier + encoder_x + k * (encoder - encoder_x + s * decoder)),
-  }
-  if config.model_name == "untapped":
-    flops["label_only"] = 2 * d.label_only_batch_size * label_only_forward_macs(
-        config, classifier=classifier, encoder=encoder, decoder=decoder)
-  return flops
+  h, k = tuple(m.hidden), m.num_classes
+  classifier = mlp_macs([m.num_pixels, *h, k])
+  encoder_x = m.num_pixels * h[0]
+  encoder_rest = k * h[0] + mlp_macs([*h, 2 * m.latent_dim])
+  decoder = mlp_macs([k + m.latent_dim, *h, m.num_pixels])
+  per_labeled = classifier + encoder_x + encoder_rest + decoder
+  per_unlabeled = classifier + encoder_x + k * (encoder_rest + decoder)
+  return 2.0 * (d.labeled_batch_size * per_labeled + d.unlabeled_batch_size * per_unlabeled)
 
 
-def matmul_gflops(n: int, repeats: int = 20) -> float:
-  a = jax.random.normal(jax.random.key(0), (n, n))
-  f = jax.jit(lambda a: a @ a)
-  f(a).block_until_ready()
-  t = time.perf_counter()
-  for _ in range(repeats):
-    out = f(a)
-  out.block_until_ready()
-  return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
-
-
-def synthetic_batch(config, rng):
+def synthetic_batch(config, num_replicas: int, num_images: int):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
   d, k = config.data, config.model.num_classes
-  labels = lambda n: np.eye(k, dtype=np.float32)[rng.integers(0, k, n)]
-  images = lambda n: rng.integers(0, 256, (n, config.model.num_pixels), dtype=np.uint8)
-  return jax.device_put({
-      "labeled": {"x": images(d.labeled_batch_size), "y": labels(d.labeled_batch_size)},
-      "unlabeled": {"x": images(d.unlabeled_batch_size)},
-      "label_only": {"y": labels(d.label_only_batch_size)}})
+  labels = lambda n: np.eye(k, dtype=np.float32)[rng.integers(0, k, (num_replicas, n))]
+  rows = lambda n: rng.integers(0, num_images, (num_replicas, n)).astype(np.int32)
+  return {"labeled": {"index": rows(d.labeled_batch_size), "y": labels(d.labeled_batch_size)},
+          "unlabeled": {"index": rows(d.unlabeled_batch_size)},
+          "label_only": {"y": labels(d.label_only_batch_size)}}
+
+
+def time_calls(fn, steps: int) -> float:
+  """Seconds per call after two warm-up calls; fn() returns something to block on."""
+  import jax  # pylint: disable=g-import-not-at-top
+  for _ in range(2):
+    jax.block_until_ready(fn())
+  start = time.perf_counter()
+  for _ in range(steps):
+    out = fn()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / steps
+
+
+def measure_jax(model_name: str, num_replicas: int, *, unlabeled_batch, steps, tiny):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from untapped_jax import train  # pylint: disable=g-import-not-at-top
+  config = bench_config(model_name, unlabeled_batch=unlabeled_batch, tiny=tiny)
+  created = [train.create_train_state(config, seed=s) for s in range(num_replicas)]
+  graphdef, tx = created[0][:2]
+  state = train.stack([s for _, _, s in created])
+  sizes = dict(num_labeled=100, num_unlabeled=50000, num_label_only=50000)
+  numbers = jax.device_put(train.stack([train.loss_numbers(
+      config, pixel_probs=np.full(config.model.num_pixels, 0.2, np.float32), **sizes)
+  ] * num_replicas))
+  images = jax.device_put(np.random.default_rng(1).integers(
+      0, 256, (5000, config.model.num_pixels), dtype=np.uint8))
+  batch = jax.device_put(synthetic_batch(config, num_replicas, len(images)))
+  step = train.make_train_step(config, graphdef, tx)
+  compiled = step.lower(state, batch, numbers, images).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  holder = {"state": state}
+
+  def call():
+    holder["state"], metrics = step(holder["state"], batch, numbers, images)
+    return metrics["loss"]
+
+  seconds = time_calls(call, steps)
+  return {"seconds": seconds, "xla_flops": float(cost.get("flops", float("nan"))),
+          "useful_flops": 3 * useful_forward_flops(config) * num_replicas,
+          "unlabeled_per_step": config.data.unlabeled_batch_size * num_replicas}
+
+
+def measure_torch(compile_step: bool, *, unlabeled_batch, steps, tiny):
+  import torch  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import torch_m2  # pylint: disable=g-import-not-at-top
+  config = bench_config("m2", unlabeled_batch=unlabeled_batch, tiny=tiny)
+  m, d = config.model, config.data
+  torch.manual_seed(0)
+  model = torch_m2.TorchM2(num_pixels=m.num_pixels, num_classes=m.num_classes,
+                           latent_dim=m.latent_dim, hidden=m.hidden[0])
+  step = torch_m2.make_step(model, compile_step=compile_step)
+  binary = lambda n: torch.bernoulli(torch.full((n, m.num_pixels), 0.2))
+  xl, xu = binary(d.labeled_batch_size), binary(d.unlabeled_batch_size)
+  yl = torch.nn.functional.one_hot(torch.randint(0, m.num_classes, (len(xl),)),
+                                   m.num_classes).float()
+  for _ in range(3):  # torch.compile compiles on the first calls
+    step(xl, yl, xu)
+  start = time.perf_counter()
+  for _ in range(steps):
+    step(xl, yl, xu)
+  seconds = (time.perf_counter() - start) / steps
+  return {"seconds": seconds, "useful_flops": 3 * useful_forward_flops(config),
+          "unlabeled_per_step": d.unlabeled_batch_size, "threads": torch.get_num_threads()}
+
+
+def measure_matmul(*, steps, **_):
+  import jax  # pylint: disable=g-import-not-at-top
+  a = jax.random.normal(jax.random.key(0), (MATMUL, MATMUL))
+  matmul = jax.jit(lambda a: a @ a)
+  seconds = time_calls(lambda: matmul(a), max(steps, 20))
+  return {"seconds": seconds, "gflops": 2 * MATMUL**3 / seconds / 1e9}
+
+
+def measure(what: str, **kw) -> dict:
+  if what == "matmul":
+    out = measure_matmul(**kw)
+  elif what.startswith("torch_"):
+    out = measure_torch(what == "torch_compile", **kw)
+  else:  # jax_<model>_s<S>
+    _, model_name, replicas = what.split("_")
+    out = measure_jax(model_name, int(replicas[1:]), **kw)
+  out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  import jax  # pylint: disable=g-import-not-at-top
+  out["device"] = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
+  return out
+
+
+def run_isolated(what: str) -> dict | None:
+  cmd = [sys.executable, os.path.abspath(__file__), f"--only={what}",
+         f"--unlabeled_batch={_UNLABELED.value}", f"--steps={_STEPS.value}",
+         f"--tiny={_TINY.value}"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if proc.returncode:
+    print(f"{what}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+    return None
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def torch_available() -> bool:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+    return True
+  except Exception:  # pylint: disable=broad-except  (a half-installed torch raises OSError)
+    return False
 
 
 def main(argv):
   del argv
-  config = _CONFIG.value
-  graphdef, tx, state = train.create_train_state(config, seed=0)
-  loss_fn = train.build_loss_fn(
-      config, graphdef, num_labeled=100, num_unlabeled=50000, num_label_only=50000,
-      pixel_probs=np.full(config.model.num_pixels, 0.2, np.float32))
-  step = train.make_train_step(loss_fn, tx, binarization=config.data.binarization)
-  batch = synthetic_batch(config, np.random.default_rng(0))
-  xla_flops = step.lower(state, batch).compile().cost_analysis()
-  xla_flops = (xla_flops[0] if isinstance(xla_flops, list) else xla_flops).get("flops", float("nan"))
-  state, _ = step(state, batch)
-  jax.block_until_ready(state)
-  t = time.perf_counter()
-  for _ in range(_STEPS.value):
-    state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  seconds = (time.perf_counter() - t) / _STEPS.value
+  kw = dict(unlabeled_batch=_UNLABELED.value, steps=_STEPS.value, tiny=_TINY.value)
+  if _ONLY.value:
+    print(json.dumps(measure(_ONLY.value, **kw)))
+    return
+  populations = [int(s) for s in _POPULATIONS.value]
+  if 1 not in populations:
+    populations = [1, *populations]
+  names = ["matmul", "jax_untapped_s1", *[f"jax_m2_s{s}" for s in populations]]
+  if _TORCH.value and torch_available():
+    names += ["torch_eager"] + ([] if _TINY.value else ["torch_compile"])
+  figures = {name: run_isolated(name) for name in names}
+  print(table(figures))
+  if _JSON.value:
+    print(json.dumps(summary(figures, populations)))
 
-  forward = forward_flops_per_step(config)
-  step_flops = 3 * sum(forward.values())
-  examples = config.data.labeled_batch_size + config.data.unlabeled_batch_size + (
-      config.data.label_only_batch_size if "label_only" in forward else 0)
-  peak = matmul_gflops(_MATMUL.value)
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  backend: {jax.default_backend()}")
-  print(f"model: {config.model_name}  batch sizes (labeled, unlabeled, label_only): "
-        f"{config.data.labeled_batch_size}, {config.data.unlabeled_batch_size}, "
-        f"{config.data.label_only_batch_size}")
-  print(f"train step: {seconds * 1e3:.2f} ms  ->  {examples / seconds:,.0f} training examples/s")
-  print(f"MLP FLOPs per step (3x forward): {step_flops / 1e9:.3f} GFLOP "
-        f"(forward by stream: { {k: round(v / 1e9, 4) for k, v in forward.items()} }); "
-        f"XLA cost_analysis: {xla_flops / 1e9:.3f} GFLOP")
-  print(f"achieved: {step_flops / seconds / 1e9:.1f} GFLOP/s; "
-        f"{_MATMUL.value}^2 matmul on this machine: {peak:.1f} GFLOP/s "
-        f"({100 * step_flops / seconds / 1e9 / peak:.0f}% of it)")
+
+def per_s(figure) -> float | None:
+  return figure["unlabeled_per_step"] / figure["seconds"] if figure else None
+
+
+def summary(figures, populations) -> dict:
+  m2 = figures["jax_m2_s1"]
+  out = {"device": m2["device"] if m2 else "", "unlabeled_batch": _UNLABELED.value,
+         "jax_examples_per_s": per_s(m2),
+         "jax_untapped_examples_per_s": per_s(figures["jax_untapped_s1"]),
+         "torch_eager_examples_per_s": per_s(figures.get("torch_eager")),
+         "torch_compile_examples_per_s": per_s(figures.get("torch_compile")),
+         "matmul_gflops": figures["matmul"]["gflops"] if figures["matmul"] else None,
+         "useful_gflops": m2["useful_flops"] / m2["seconds"] / 1e9 if m2 else None}
+  for s in populations:
+    f = figures[f"jax_m2_s{s}"]
+    out[f"vmap{s}_per_seed_cost_ratio"] = (f["seconds"] / (s * m2["seconds"])
+                                           if f and m2 else None)
+  return out
+
+
+def table(figures) -> str:
+  lines = ["| measurement | ms / step | unlabeled ex/s | useful GFLOP/s | XLA GFLOP/step "
+           "| peak RSS MB |", "|---|---|---|---|---|---|"]
+  for name, f in figures.items():
+    if f is None:
+      lines.append(f"| {name} | failed | | | | |")
+      continue
+    if name == "matmul":
+      lines.append(f"| matmul {MATMUL}² f32 | {1e3 * f['seconds']:.2f} | | {f['gflops']:.0f} "
+                   f"| | {f['peak_rss_mb']:.0f} |")
+      continue
+    xla = f"{f['xla_flops'] / 1e9:.3f}" if "xla_flops" in f else ""
+    lines.append(f"| {name} | {1e3 * f['seconds']:.2f} | {per_s(f):,.0f} | "
+                 f"{f['useful_flops'] / f['seconds'] / 1e9:.0f} | {xla} | "
+                 f"{f['peak_rss_mb']:.0f} |")
+  device = next((f["device"] for f in figures.values() if f), "")
+  return f"device: {device}\n" + "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -34,13 +34,26 @@ poster = load("poster")
 # ----------------------------------------------------------------------------- parse_arg
 
 
-def test_parse_arg_literals_bare_keys_and_strings():
-  args = configs.parse_arg("a=3,b,c=hello,d=-2.5,e=False,g=x=y", a=1, b=False, c="x", d=0,
-                           e=True, f=0.5, g="")
-  assert args == {"a": 3, "b": True, "c": "hello", "d": -2.5, "e": False, "f": 0.5,
-                  "g": "x=y"}
-  assert configs.parse_arg(None, a=1) == {"a": 1}
-  assert configs.parse_arg("", a=1) == {"a": 1}
+def test_parse_arg_types_values_by_their_defaults():
+  args = configs.parse_arg("a=3,b,c=hello,d=-2.5,e=False,g=x=y,h=7", a=1, b=False, c="x",
+                           d=0.0, e=True, f=0.5, g="", h=0.0)
+  assert args.to_dict() == {"a": 3, "b": True, "c": "hello", "d": -2.5, "e": False,
+                            "f": 0.5, "g": "x=y", "h": 7.0}
+  assert type(args.a) is int and type(args.h) is float and args.c == "hello"
+  assert configs.parse_arg("c=12", c="x").c == "12"  # a str default keeps digits as text
+  assert configs.parse_arg(None, a=1).to_dict() == {"a": 1}
+  assert configs.parse_arg("", a=1).to_dict() == {"a": 1}
+
+
+@pytest.mark.parametrize("arg,defaults,match", [
+    ("a=2.5", {"a": 1}, r"a='2.5': expected a int like the default 1"),
+    ("a=x", {"a": 0.5}, r"a='x': expected a float"),
+    ("b=maybe", {"b": False}, r"b='maybe': expected a bool"),
+    ("a", {"a": 1}, r"'a' needs a value"),
+])
+def test_parse_arg_wrong_types_name_the_key(arg, defaults, match):
+  with pytest.raises(ValueError, match=match):
+    configs.parse_arg(arg, **defaults)
 
 
 def test_parse_arg_unknown_key_names_it():
@@ -142,9 +155,9 @@ def test_sweeps():
       return out
 
   points = poster.get_hyper(Hyper)
-  assert len(points) == 10
+  assert len(points) == 20
   assert {(p["config.seed"], p["config.model_name"]) for p in points} == {
-      (s, m) for s in range(5) for m in ("m2", "untapped")}
+      (s, m) for s in range(10) for m in ("m2", "untapped")}
   assert [p["config.data.labeled_per_class"] for p in m2_benchmark.get_hyper(Hyper)] == [
       10, 60, 100, 300]
 

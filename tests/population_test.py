@@ -117,3 +117,11 @@ def test_num_seeds_trains_each_seed_once_and_summarises(tmp_path):
   again = train.train_and_evaluate(config, str(tmp_path))
   assert again["mean"] == summary["mean"]
   assert os.path.getmtime(tmp_path / "seed_4" / "results.json") == mtime
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, False), ({"SLURM_NTASKS": "1"}, False), ({"TPU_WORKER_HOSTNAMES": "w0"}, False),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, True), ({"SLURM_NTASKS": "4"}, True),
+    ({"TPU_WORKER_HOSTNAMES": "w0,w1"}, True), ({"OMPI_COMM_WORLD_SIZE": "2"}, True)])
+def test_multi_host_launch_is_read_from_the_launchers_variables(env, expected):
+  assert train.multi_host_launch(env) is expected

@@ -24,7 +24,7 @@ LABELS = (100, 600, 1000, 3000)
 
 def get_config(arg=None):
   args = parse_arg(arg, labels=100, runlocal=False)
-  if not isinstance(args["labels"], int) or args["labels"] not in LABELS:
+  if args["labels"] not in LABELS:
     raise ValueError(f"labels={args['labels']!r}; expected one of {LABELS}.")
   c = default.get_config()
   c.data.labeled_per_class = args["labels"] // 10

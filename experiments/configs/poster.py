@@ -42,11 +42,11 @@ def get_config(arg=None):
     raise ValueError(f"model={args['model']!r}; expected 'm2' or 'untapped'.")
   if args["recipe"] not in RECIPES:
     raise ValueError(f"recipe={args['recipe']!r}; expected one of {RECIPES}.")
-  per_class = args["per_class"]
-  if not isinstance(per_class, int) or (per_class < 1 and per_class != -1):
+  per_class = args["per_class"]  # parse_arg has made it an int, like each default
+  if per_class < 1 and per_class != -1:
     raise ValueError(f"per_class={per_class!r}; expected a positive integer or -1.")
   for key in ("batch", "steps", "seeds"):
-    if not isinstance(args[key], int) or args[key] < 0:
+    if args[key] < 0:
       raise ValueError(f"{key}={args[key]!r}; expected a positive integer.")
   c = default.get_config()
   c.model_name = args["model"]

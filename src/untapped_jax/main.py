@@ -18,6 +18,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  train.initialize_distributed()
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

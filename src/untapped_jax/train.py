@@ -350,6 +350,49 @@ def _population_batch(replicas: Sequence[Replica], step: int):
   return stack_numpy([streams_lib.batch_at(r.streams, step) for r in replicas])
 
 
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where a population's arrays live on the local devices (one mesh axis 'devices').
+
+  With S replicas on n > 1 devices: if n divides S, each device holds S / n
+  replicas (state, loss numbers and batches split on the replica axis); otherwise
+  the replicas are copied to every device and each batch is split on its example
+  axis (data parallel; a stream whose batch n does not divide stays whole). The
+  images are copied to every device. One device: nothing is split.
+  """
+  mesh: jax.sharding.Mesh | None
+  by_replica: bool
+
+  @classmethod
+  def for_population(cls, num_replicas: int) -> "Placement":
+    devices = jax.devices()
+    if len(devices) == 1:
+      return cls(mesh=None, by_replica=False)
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("devices",))
+    return cls(mesh=mesh, by_replica=num_replicas % len(devices) == 0)
+
+  def _put(self, tree, spec_of):
+    if self.mesh is None:
+      return jax.device_put(tree)
+    return jax.tree.map(lambda a: jax.device_put(a, jax.sharding.NamedSharding(
+        self.mesh, spec_of(a))), tree)
+
+  def replicated(self, tree):
+    return self._put(tree, lambda a: jax.sharding.PartitionSpec())
+
+  def per_replica(self, tree):
+    """State and loss numbers: leading replica axis."""
+    P = jax.sharding.PartitionSpec  # pylint: disable=invalid-name
+    return self._put(tree, lambda a: P("devices") if self.by_replica else P())
+
+  def batch(self, tree):
+    """[S, B, ...] batches: split on S, or on B where the devices divide it."""
+    P = jax.sharding.PartitionSpec  # pylint: disable=invalid-name
+    n = 1 if self.mesh is None else self.mesh.size
+    return self._put(tree, lambda a: P("devices") if self.by_replica else (
+        P(None, "devices") if a.shape[1] % n == 0 else P()))
+
+
 def stack_numpy(trees):
   return jax.tree.map(lambda *leaves: np.stack(leaves), *trees)
 
@@ -418,12 +461,14 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
   for r in replicas:
     os.makedirs(r.workdir, exist_ok=True)
     files.write_json(os.path.join(r.workdir, "config.json"), r.config.to_dict())
-  numbers = jax.device_put(stack([numbers_for_splits(r.config, r.splits) for r in replicas]))
+  placement = Placement.for_population(len(replicas))
+  numbers = placement.per_replica(stack([numbers_for_splits(r.config, r.splits)
+                                         for r in replicas]))
   created = [create_train_state(c, seed=c.seed) for c in configs]
   graphdef, tx = created[0][:2]
-  state = stack([s for _, _, s in created])
+  state = placement.per_replica(stack([s for _, _, s in created]))
   train_step = make_train_step(config, graphdef, tx)
-  images = jax.device_put(data["train_images"])
+  images = placement.replicated(data["train_images"])
   eval_batch = make_eval_batch(graphdef, num_classes=config.model.num_classes)
 
   def evaluate_on(r: Replica, params, split):
@@ -445,7 +490,7 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
   start_time = time.time()
   state, best, num_steps = _train_loop(
       config, replicas, state, best, train_step=train_step, numbers=numbers, images=images,
-      manager=manager, validators=validators)
+      manager=manager, validators=validators, placement=placement)
   train_wall_s = time.time() - start_time
 
   results = []
@@ -497,6 +542,24 @@ def _finish_replica(r: Replica, graphdef, best_params, data, *, final_val, best_
   files.write_json(os.path.join(r.workdir, "results.json"), results)
   logging.info("%s: %s", r.workdir, results)
   return results
+
+
+def multi_host_launch(env=os.environ) -> bool:
+  """True under a multi-host launcher: JAX_COORDINATOR_ADDRESS (with JAX_NUM_PROCESSES
+  and JAX_PROCESS_ID), SLURM with more than one task, a TPU pod slice of several
+  workers, or Open MPI with more than one process."""
+  count = lambda name: int(env.get(name, "1") or 1)
+  return bool(env.get("JAX_COORDINATOR_ADDRESS") or count("SLURM_NTASKS") > 1
+              or len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+              or count("OMPI_COMM_WORLD_SIZE") > 1)
+
+
+def initialize_distributed() -> None:
+  """jax.distributed.initialize() under a multi-host launcher (jax reads the
+  coordinator and the process ids from the launcher's variables)."""
+  if multi_host_launch():
+    logging.info("multi-host launch: jax.distributed.initialize()")
+    jax.distributed.initialize()
 
 
 def replica_configs(config) -> list[ml_collections.ConfigDict]:
@@ -572,7 +635,7 @@ def _validator(config, graphdef, splits, data, evaluate_on):
 
 
 def _train_loop(config, replicas, state, best, *, train_step, numbers, images, manager,
-                validators):
+                validators, placement):
   """Steps from state.step to train.num_steps (or the time limit); logs, validates,
   checkpoints (every train.checkpoint_every steps, and always at the end). Returns
   (state, best, the step it stopped at)."""
@@ -584,7 +647,8 @@ def _train_loop(config, replicas, state, best, *, train_step, numbers, images, m
   bar = tqdm.trange(first, num_steps, disable=not config.train.progress_bar,
                     desc="train", dynamic_ncols=True)
   for step in bar:
-    state, metrics = train_step(state, _population_batch(replicas, step), numbers, images)
+    batch = placement.batch(_population_batch(replicas, step))
+    state, metrics = train_step(state, batch, numbers, images)
     history.append(metrics)
     done = step + 1
     if time_limit and time.time() - start_time > time_limit and done < num_steps:

@@ -10,12 +10,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from untapped_jax import models
 from untapped_jax.models import M2
 
 
 def bernoulli_log_prob(x: jax.Array, logits: jax.Array) -> jax.Array:
-  """log p(x) for independent Bernoulli(sigmoid(logits)) pixels: x, logits [D] -> []."""
-  return jnp.sum(x * jax.nn.log_sigmoid(logits) + (1.0 - x) * jax.nn.log_sigmoid(-logits))
+  """log p(x) for independent Bernoulli(sigmoid(logits)) pixels: x, logits [D] -> [].
+
+  x log s(l) + (1 - x) log s(-l) = x l - softplus(l): one softplus, not two.
+  """
+  return jnp.sum(x * logits - models.softplus(logits))
 
 
 def gaussian_kl(mean: jax.Array, log_var: jax.Array) -> jax.Array:

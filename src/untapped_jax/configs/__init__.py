@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ast
+import ml_collections
 
 
 def shrink_for_runlocal(c):
@@ -19,22 +19,44 @@ def shrink_for_runlocal(c):
   return c
 
 
-def parse_arg(arg: str | None, **defaults):
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses a big_vision-style config argument 'k1=v1,k2,...' over `defaults`.
 
-  A bare key sets a boolean True; values are Python literals where they parse,
-  else strings. An unknown key is an error naming the accepted ones.
+  Each value is typed by its default (bool, int, float or str), so a config never
+  re-checks types: 'labels=1e2' for an int default is an error naming the key. A
+  bare key sets a boolean True. An unknown key is an error naming the accepted ones.
   """
   out = dict(defaults)
   for item in filter(None, (arg or "").split(",")):
-    key, _, value = item.partition("=")
+    key, eq, value = item.partition("=")
     if key not in defaults:
       raise ValueError(f"config argument {key!r} in {arg!r}; expected keys {sorted(defaults)}.")
-    if not _:
+    default = defaults[key]
+    if not eq:
+      if not isinstance(default, bool):
+        raise ValueError(f"config argument {key!r} needs a value (default {default!r}).")
       out[key] = True
-      continue
-    try:
-      out[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      out[key] = value
-  return out
+    else:
+      out[key] = _typed(key, value, default)
+  return ml_collections.ConfigDict(out)
+
+
+def _typed(key: str, value: str, default):
+  kind = type(default).__name__
+  try:
+    if isinstance(default, bool):
+      if value.lower() not in _TRUE + _FALSE:
+        raise ValueError
+      return value.lower() in _TRUE
+    if isinstance(default, (int, float, str)):
+      return type(default)(value)
+  except ValueError:
+    pass
+  else:
+    raise TypeError(f"config argument {key!r} has a default of type {kind}; "
+                    "expected bool, int, float or str defaults.")
+  raise ValueError(f"config argument {key}={value!r}: expected a {kind} like the default "
+                   f"{default!r}.")
