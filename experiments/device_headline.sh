@@ -4,7 +4,8 @@
 #   bash experiments/device_headline.sh CONFIG_ARG SHARDS LIMIT_S OUT_DIR
 #
 # Runs untapped-sweep --config experiments/configs/poster.py:CONFIG_ARG in SHARDS
-# processes sharing the accelerator (points are seed-major, so whatever finishes
+# processes sharing the accelerator (each trains whole populations: a variant's seeds
+# vmapped in one step; points are seed-major, so whatever finishes
 # inside LIMIT_S seconds is paired across variants), then writes the sweep tables
 # and packs each run's small outputs into OUT_DIR/headline.tgz. Needs MNIST in
 # $UNTAPPED_DATA_DIR; run folders go to runs/headline.
