@@ -125,3 +125,18 @@ def test_num_seeds_trains_each_seed_once_and_summarises(tmp_path):
     ({"TPU_WORKER_HOSTNAMES": "w0,w1"}, True), ({"OMPI_COMM_WORLD_SIZE": "2"}, True)])
 def test_multi_host_launch_is_read_from_the_launchers_variables(env, expected):
   assert train.multi_host_launch(env) is expected
+
+
+@needs_mnist
+def test_non_finite_loss_stops_naming_step_and_term_and_keeps_the_checkpoint(tmp_path):
+  good = tiny_config(**{"train.checkpoint_every": 10, "train.log_every": 5})
+  train_one(good, tmp_path / "run")  # a finished 20-step run: checkpoint at step 20
+  bad = tiny_config(**{"train.checkpoint_every": 10, "train.log_every": 5,
+                       "train.num_steps": 40, "train.learning_rate": 1e12})
+  with pytest.raises(FloatingPointError, match=r"step (2[1-9]|3\d|40): train/\w+ = (nan|-?inf)"):
+    train_one(bad, tmp_path / "run")
+  checkpoints = os.listdir(tmp_path / "run" / "checkpoints")
+  assert "20" in checkpoints  # the last good state is still there
+  # The 20-step run's results.json is gone: it would pass for the failed config's.
+  assert not (tmp_path / "run" / "results.json").exists()
+  assert not train.is_finished(bad, str(tmp_path / "run"))

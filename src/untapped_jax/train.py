@@ -409,10 +409,14 @@ def _save_checkpoint(manager, step: int, state: TrainState, best: dict) -> None:
 
 
 def _restore_checkpoint(manager, state: TrainState, best: dict):
+  """The latest checkpoint, with the learning rates of `state` (the current config's:
+  inject_hyperparams keeps them in the optimizer state, which would otherwise bring
+  back the checkpoint's)."""
   restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
       state=ocp.args.StandardRestore(state), best=ocp.args.StandardRestore(best)))
   logging.info("resumed from step %d", manager.latest_step())
-  return restored.state, restored.best
+  opt_state = restored.state.opt_state._replace(hyperparams=state.opt_state.hyperparams)
+  return restored.state.replace(opt_state=opt_state), restored.best
 
 
 def _truncate_metrics(path: str, step: int) -> None:
@@ -460,6 +464,9 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
     replicas.append(Replica(c, workdir, splits, streams_lib.make_streams(splits, c, seed=c.seed)))
   for r in replicas:
     os.makedirs(r.workdir, exist_ok=True)
+    stale = os.path.join(r.workdir, "results.json")
+    if os.path.exists(stale) and files.is_writer():  # another config's: about to be replaced
+      os.remove(stale)
     files.write_json(os.path.join(r.workdir, "config.json"), r.config.to_dict())
   placement = Placement.for_population(len(replicas))
   numbers = placement.per_replica(stack([numbers_for_splits(r.config, r.splits)
@@ -634,6 +641,23 @@ def _validator(config, graphdef, splits, data, evaluate_on):
   return validate
 
 
+def _check_finite(window: dict[str, np.ndarray], *, first_step: int, replicas, manager):
+  """Stops training at the first non-finite metric of the log window, naming the step,
+  the term and the replica; checkpoints written before it are kept."""
+  bad = {k: np.argwhere(~np.isfinite(v)) for k, v in window.items()}
+  bad = {k: v for k, v in bad.items() if len(v)}
+  if not bad:
+    return
+  name = min(bad, key=lambda k: tuple(bad[k][0]))
+  offset, replica = bad[name][0]
+  value = window[name][offset, replica]
+  r = replicas[replica]
+  raise FloatingPointError(
+      f"step {first_step + offset}: train/{name} = {value} (seed {r.config.seed}, {r.workdir}); "
+      f"also non-finite: {sorted(set(bad) - {name})}. Training stopped; the last checkpoint "
+      f"(step {manager.latest_step()}) is kept.")
+
+
 def _train_loop(config, replicas, state, best, *, train_step, numbers, images, manager,
                 validators, placement):
   """Steps from state.step to train.num_steps (or the time limit); logs, validates,
@@ -655,7 +679,10 @@ def _train_loop(config, replicas, state, best, *, train_step, numbers, images, m
       logging.info("train.time_limit_s=%s reached at step %d", time_limit, done)
       num_steps = done  # end here as if configured so: log, evaluate, checkpoint
     if done % config.train.log_every == 0 or done == num_steps:
-      means = {k: np.mean(v, axis=0) for k, v in stack_numpy(jax.device_get(history)).items()}
+      window = stack_numpy(jax.device_get(history))  # name -> [steps, S]
+      _check_finite(window, first_step=done - len(history) + 1, replicas=replicas,
+                    manager=manager)
+      means = {k: np.mean(v, axis=0) for k, v in window.items()}
       history = []
       validate = done % config.train.eval_every == 0 or done == num_steps
       for i, r in enumerate(replicas):
