@@ -140,3 +140,16 @@ def test_non_finite_loss_stops_naming_step_and_term_and_keeps_the_checkpoint(tmp
   # The 20-step run's results.json is gone: it would pass for the failed config's.
   assert not (tmp_path / "run" / "results.json").exists()
   assert not train.is_finished(bad, str(tmp_path / "run"))
+
+
+@needs_mnist
+def test_eval_only_reevaluates_the_final_checkpoint_identically(tmp_path):
+  config = tiny_config()  # checkpoint_every=0: the final state is still checkpointed
+  first = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert os.listdir(tmp_path / "run" / "checkpoints") == ["20"]
+  lines = (tmp_path / "run" / "metrics.jsonl").read_text()
+  again = train.train_and_evaluate(config, str(tmp_path / "run"), eval_only=True)
+  assert again == first  # train_wall_s included: carried over, nothing retrained
+  assert (tmp_path / "run" / "metrics.jsonl").read_text() == lines
+  with pytest.raises(FileNotFoundError, match="no checkpoint in .*empty"):
+    train.train_and_evaluate(config, str(tmp_path / "empty"), eval_only=True)

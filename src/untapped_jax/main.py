@@ -1,4 +1,5 @@
-"""Command line: untapped-train --config FILE[:ARG] --workdir DIR [--config.key=value]."""
+"""Command line: untapped-train --config FILE[:ARG] --workdir DIR [--config.key=value]
+[--eval_only]."""
 
 import os
 
@@ -12,6 +13,8 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py
 _CONFIG = config_flags.DEFINE_config_file(
     "config", _DEFAULT_CONFIG, "Config file, optionally with ':arg'.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, results and checkpoints.")
+_EVAL_ONLY = flags.DEFINE_bool(
+    "eval_only", False, "Evaluate the workdir's last checkpoint again; do not train.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -19,7 +22,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   train.initialize_distributed()
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, eval_only=_EVAL_ONLY.value)
 
 
 def run():

@@ -178,6 +178,10 @@ def load_results(root: str, points) -> dict[str, dict[int, dict]]:
   return out
 
 
+def _cell(value) -> str:
+  return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def _fmt(mean: float, half: float) -> str:
   return f"{mean:.3f} ± {half:.3f}" if np.isfinite(half) else f"{mean:.3f}"
 
@@ -198,7 +202,7 @@ def sweep_tables(results: dict[str, dict[int, dict]], *, reference: str = "",
          "of seeds that pass the gate).", ""]
   ref = next((n for n in results if reference and reference in n.split(",")), None)
   if ref is not None:
-    paired = [m for m in PAIRED if m in present]
+    paired = [m for m in PAIRED if m in present] or present
     md += [f"Paired differences, variant minus `{ref}`, over the seeds both finished:", "",
            "| variant | seeds | " + " | ".join(paired) + " |", "|---" * (len(paired) + 2) + "|"]
     for name, runs in results.items():
@@ -212,19 +216,21 @@ def sweep_tables(results: dict[str, dict[int, dict]], *, reference: str = "",
         cells.append(_fmt(*stats.mean_and_interval(diffs)) if diffs else "")
       md.append(f"| {name} | {len(seeds)} | " + " | ".join(cells) + " |")
     md.append("")
-  md += ["| variant | seed | steps | gate | distinct (logreg / mlp / authors') | "
-         "mlp permutation (dim→digit) | authors' permutation | held-out (mlp) |",
-         "|---" * 8 + "|"]
+  semantic = any("mlp_semantic_permutation" in r for runs in results.values()
+                 for r in runs.values())
+  extra = ["mlp permutation (dim→digit)", "authors' permutation"] if semantic else []
+  md += ["| variant | seed | steps | " + " | ".join(present + extra) + " |",
+         "|---" * (3 + len(present) + len(extra)) + "|"]
   buf = io.StringIO()
   writer = csv.writer(buf)
   writer.writerow(["variant", "seed", "num_steps", *present, "mlp_semantic_permutation",
                    "authors_permutation"])
   for name, runs in results.items():
     for seed, r in sorted(runs.items()):
-      md.append(f"| {name} | {seed} | {r['num_steps']} | {r.get('gate_passed', '')} | "
-                f"{r.get('distinct_digits')} / {r.get('mlp_distinct_digits')} / "
-                f"{r.get('authors_distinct_digits')} | {r.get('mlp_semantic_permutation')} | "
-                f"{r.get('authors_permutation')} | {r.get('mlp_heldout_accuracy', float('nan')):.3f} |")
+      cells = [_cell(r.get(m, "")) for m in present]
+      if semantic:
+        cells += [str(r.get("mlp_semantic_permutation", "")), str(r.get("authors_permutation", ""))]
+      md.append(f"| {name} | {seed} | {r['num_steps']} | " + " | ".join(cells) + " |")
       writer.writerow([name, seed, r["num_steps"], *[r.get(m, "") for m in present],
                        " ".join(map(str, r.get("mlp_semantic_permutation", []))),
                        " ".join(map(str, r.get("authors_permutation", [])))])

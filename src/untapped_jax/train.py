@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 import tqdm
 
 from untapped_jax import files
+from untapped_jax import metric_writer
 from untapped_jax import models
 from untapped_jax import objective
 from untapped_jax import stats
@@ -39,6 +40,7 @@ from untapped_jax.bounds import untapped
 from untapped_jax.data import mnist
 from untapped_jax.data import splits as splits_lib
 from untapped_jax.data import streams as streams_lib
+from untapped_jax.evaluate import semantic
 from untapped_jax.evaluate import suite
 
 # Config keys whose values may differ between the replicas of one population: they
@@ -330,10 +332,7 @@ class Replica:
   workdir: str
   splits: splits_lib.Splits
   streams: dict[str, streams_lib.CyclingStream]
-
-  @property
-  def metrics_path(self) -> str:
-    return os.path.join(self.workdir, "metrics.jsonl")
+  writer: metric_writer.MetricWriter | None = None
 
 
 @dataclasses.dataclass
@@ -419,21 +418,6 @@ def _restore_checkpoint(manager, state: TrainState, best: dict):
   return restored.state.replace(opt_state=opt_state), restored.best
 
 
-def _truncate_metrics(path: str, step: int) -> None:
-  """Drops metrics.jsonl lines past `step`: they are logged again after a resume."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-  files.write_text(path, "".join(lines))
-
-
-def _append_lines(path: str, lines: Sequence[str]) -> None:
-  """Appends by rewriting through a temporary file, so a kill never leaves half a line."""
-  old = open(path).read() if os.path.exists(path) else ""
-  files.write_text(path, old + "".join(lines))
-
-
 def is_finished(config, workdir: str) -> bool:
   """True when `workdir` holds results.json of a run of exactly `config`."""
   paths = [os.path.join(workdir, n) for n in ("results.json", "config.json")]
@@ -444,12 +428,14 @@ def is_finished(config, workdir: str) -> bool:
 
 
 def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str],
-                     *, checkpoint_dir: str) -> Population:
+                     *, checkpoint_dir: str, eval_only: bool = False) -> Population:
   """Trains the replicas `configs` (see check_population) as one vmapped population.
 
   Replica i writes config.json, metrics.jsonl, results.json (and the semantic
   evaluation's files) to workdirs[i]; the population's checkpoints, which hold all
   replicas, go to `checkpoint_dir`. Rerunning resumes from the latest checkpoint.
+  With `eval_only`, nothing trains: the latest checkpoint is evaluated again and
+  results.json rewritten (train_wall_s kept from the previous results.json).
   """
   check_population(configs)
   if len(set(map(os.path.abspath, workdirs))) != len(configs):
@@ -463,11 +449,9 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
     splits = splits_lib.make_splits(data, c.data, seed=c.seed)
     replicas.append(Replica(c, workdir, splits, streams_lib.make_streams(splits, c, seed=c.seed)))
   for r in replicas:
-    os.makedirs(r.workdir, exist_ok=True)
     stale = os.path.join(r.workdir, "results.json")
-    if os.path.exists(stale) and files.is_writer():  # another config's: about to be replaced
-      os.remove(stale)
-    files.write_json(os.path.join(r.workdir, "config.json"), r.config.to_dict())
+    if not eval_only and os.path.exists(stale) and files.is_writer():
+      os.remove(stale)  # another config's results, about to be replaced
   placement = Placement.for_population(len(replicas))
   numbers = placement.per_replica(stack([numbers_for_splits(r.config, r.splits)
                                          for r in replicas]))
@@ -487,32 +471,61 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
   manager = _checkpoint_manager(checkpoint_dir)
   if manager.latest_step() is not None:
     state, best = _restore_checkpoint(manager, state, best)
-    for r in replicas:
-      _truncate_metrics(r.metrics_path, manager.latest_step())
-  else:
-    for r in replicas:
-      _truncate_metrics(r.metrics_path, 0)
+  if eval_only:
+    return _evaluate_checkpoint(replicas, manager, state, best, graphdef=graphdef, data=data,
+                                evaluate_on=evaluate_on)
+  for r in replicas:
+    r.writer = metric_writer.MetricWriter(r.workdir, config=r.config.to_dict(),
+                                          resume_step=manager.latest_step() or 0,
+                                          tensorboard=config.train.tensorboard)
   validators = [_validator(r.config, graphdef, r.splits, data,
                            lambda p, split, r=r: evaluate_on(r, p, split)) for r in replicas]
   start_time = time.time()
   state, best, num_steps = _train_loop(
       config, replicas, state, best, train_step=train_step, numbers=numbers, images=images,
-      manager=manager, validators=validators, placement=placement)
+      manager=manager, validators=validators, placement=placement, graphdef=graphdef)
   train_wall_s = time.time() - start_time
+  for r in replicas:
+    r.writer.close()
 
+  return _final_evaluation(replicas, state, best, graphdef=graphdef, data=data,
+                           num_steps=num_steps, train_wall_s=[train_wall_s] * len(replicas),
+                           evaluate_on=evaluate_on)
+
+
+def _final_evaluation(replicas, state, best, *, graphdef, data, num_steps, train_wall_s,
+                      evaluate_on) -> Population:
+  """Validation of the last state, the choice of parameters, then test and results.json."""
   results = []
   for i, r in enumerate(replicas):
     params = unstack(state.params, i)
     final_val = evaluate_on(r, params, r.splits.validation)
-    if config.train.select_by == "final" or final_val["accuracy"] > float(best["accuracy"][i]):
+    if (r.config.train.select_by == "final"
+        or final_val["accuracy"] > float(best["accuracy"][i])):
       best = _replace_best(best, i, params, final_val["accuracy"], num_steps)
     results.append(_finish_replica(r, graphdef, unstack(best["params"], i), data,
                                    final_val=final_val, best_accuracy=float(best["accuracy"][i]),
                                    best_step=int(best["step"][i]), num_steps=num_steps,
-                                   train_wall_s=train_wall_s, population_size=len(replicas),
+                                   train_wall_s=train_wall_s[i], population_size=len(replicas),
                                    evaluate_on=lambda p, split, r=r: evaluate_on(r, p, split)))
   return Population(results=results, graphdef=graphdef, state=state,
                     best_params=best["params"], replicas=replicas)
+
+
+def _evaluate_checkpoint(replicas, manager, state, best, *, graphdef, data, evaluate_on
+                         ) -> Population:
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"--eval_only: no checkpoint in {manager.directory}; train the "
+                            "run first (its final state is always checkpointed).")
+  wall = []
+  for r in replicas:
+    old = os.path.join(r.workdir, "results.json")
+    wall.append(json.load(open(old)).get("train_wall_s", float("nan"))
+                if os.path.exists(old) else float("nan"))
+  logging.info("evaluating the checkpoint of step %d without training", step)
+  return _final_evaluation(replicas, state, best, graphdef=graphdef, data=data, num_steps=step,
+                           train_wall_s=wall, evaluate_on=evaluate_on)
 
 
 def _replace_best(best: dict, i: int, params, accuracy: float, step: int) -> dict:
@@ -581,15 +594,19 @@ def replica_configs(config) -> list[ml_collections.ConfigDict]:
   return out
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       eval_only: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir`; returns results.json's content.
 
   With config.num_seeds = S > 1, trains seeds seed .. seed + S - 1 as one population
   in workdir/seed_<s>/ and returns (and writes as summary.json, .md) the per-seed
   results with each metric's mean and 95% interval. A finished run is not trained
-  again.
+  again. With `eval_only`, the run's last checkpoint is evaluated again instead.
   """
   if config.num_seeds == 1:
+    if eval_only:
+      return train_population([config], [workdir], eval_only=True,
+                              checkpoint_dir=os.path.join(workdir, "checkpoints")).results[0]
     if is_finished(config, workdir):
       logging.info("%s holds a finished run of this config; not training again.", workdir)
       with open(os.path.join(workdir, "results.json")) as f:
@@ -598,10 +615,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                             checkpoint_dir=os.path.join(workdir, "checkpoints")).results[0]
   configs = replica_configs(config)
   workdirs = [os.path.join(workdir, f"seed_{c.seed}") for c in configs]
-  todo = [i for i, (c, w) in enumerate(zip(configs, workdirs)) if not is_finished(c, w)]
+  todo = [i for i, (c, w) in enumerate(zip(configs, workdirs))
+          if eval_only or not is_finished(c, w)]
   if todo:
     train_population([configs[i] for i in todo], [workdirs[i] for i in todo],
-                     checkpoint_dir=os.path.join(workdir, "checkpoints"))
+                     checkpoint_dir=os.path.join(workdir, "checkpoints"), eval_only=eval_only)
   per_seed = {}
   for c, w in zip(configs, workdirs):
     with open(os.path.join(w, "results.json")) as f:
@@ -658,8 +676,18 @@ def _check_finite(window: dict[str, np.ndarray], *, first_step: int, replicas, m
       f"(step {manager.latest_step()}) is kept.")
 
 
+def _write_sample_grid(r: Replica, graphdef, params, step: int) -> None:
+  """Decoder means from each y dimension (rows) for TensorBoard, eval.tensorboard_samples
+  per row; the same z draws at every evaluation, so the rows can be compared over time."""
+  m = r.config.eval.tensorboard_samples
+  if m and r.writer is not None:
+    _, means = semantic.generate(graphdef, params, jax.random.key(r.config.seed + 5),
+                                 num_per_class=m)
+    r.writer.write_image(step, "samples_per_y_dimension", metric_writer.tile_samples(means))
+
+
 def _train_loop(config, replicas, state, best, *, train_step, numbers, images, manager,
-                validators, placement):
+                validators, placement, graphdef):
   """Steps from state.step to train.num_steps (or the time limit); logs, validates,
   checkpoints (every train.checkpoint_every steps, and always at the end). Returns
   (state, best, the step it stopped at)."""
@@ -686,7 +714,7 @@ def _train_loop(config, replicas, state, best, *, train_step, numbers, images, m
       history = []
       validate = done % config.train.eval_every == 0 or done == num_steps
       for i, r in enumerate(replicas):
-        record = {"step": done, "wall_s": time.time() - start_time,
+        record = {"wall_s": time.time() - start_time,
                   "labeled_epochs": r.streams["labeled"].epochs_at(done),
                   "unlabeled_epochs": r.streams["unlabeled"].epochs_at(done),
                   **{f"train/{k}": float(v[i]) for k, v in means.items()}}
@@ -694,10 +722,11 @@ def _train_loop(config, replicas, state, best, *, train_step, numbers, images, m
           params = unstack(state.params, i)
           val = validators[i](params)
           record.update({f"validation/{k}": v for k, v in val.items()})
+          _write_sample_grid(r, graphdef, params, done)
           last_accuracy[i] = val["accuracy"]
           if select_best and val["accuracy"] > float(best["accuracy"][i]):
             best = _replace_best(best, i, params, val["accuracy"], done)
-        _append_lines(r.metrics_path, [json.dumps(record) + "\n"])
+        r.writer.write_scalars(done, record)
       bar.set_postfix(loss=f"{float(means['loss'].mean()):.2f}",
                       acc=f"{np.mean(last_accuracy):.3f}")
     every = config.train.checkpoint_every

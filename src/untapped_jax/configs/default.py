@@ -79,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 1000
   c.train.checkpoint_every = 5000  # 0: no checkpoints
   c.train.progress_bar = True
+  c.train.tensorboard = True  # also TensorBoard event files in WORKDIR/tensorboard
   # Parameters evaluated on test: those of the best validation accuracy, or the last.
   c.train.select_by = "validation_accuracy"  # 'validation_accuracy' | 'final'
   c.train.time_limit_s = 0.0  # > 0: stop (and evaluate) once training took this long
@@ -92,5 +93,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.strong_evaluator = True  # also judge samples with an MLP evaluator (>= 98%)
   # At every validation: distinct digits, held-out accuracy and the gate, into metrics.jsonl.
   c.eval.semantic_curve = False
+  # Decoder means per y dimension written to TensorBoard at each validation (0: none).
+  c.eval.tensorboard_samples = 8
   c.eval.evaluator_cache_dir = ""  # default: $UNTAPPED_CACHE_DIR or ~/.cache/untapped_jax
   return c

@@ -1,0 +1,79 @@
+"""MetricWriter: metrics.jsonl without duplicates across a resume; TensorBoard events."""
+
+import glob
+import json
+import struct
+
+import numpy as np
+from tensorboardX.proto import event_pb2
+
+from untapped_jax import metric_writer
+
+
+def read_events(logdir) -> list:
+  """Every Event of the TFRecord files under logdir (length, crc, payload, crc)."""
+  events = []
+  for path in sorted(glob.glob(f"{logdir}/events.out.tfevents.*")):
+    data = open(path, "rb").read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      events.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + length]))
+      pos += 12 + length + 4
+  return events
+
+
+def scalars(events) -> dict:
+  return {(v.tag, e.step): v.simple_value for e in events for v in e.summary.value
+          if v.HasField("simple_value")}
+
+
+def steps_in(path):
+  return [json.loads(line)["step"] for line in open(path)]
+
+
+def test_resume_drops_lines_past_the_checkpoint_and_logs_each_step_once(tmp_path):
+  w = metric_writer.MetricWriter(str(tmp_path), config={"a": 1})
+  for step in (10, 20, 30):
+    w.write_scalars(step, {"train/loss": float(step), "note": "x"})
+  w.close()
+  # Killed after step 30, resumed from the checkpoint at step 20.
+  w = metric_writer.MetricWriter(str(tmp_path), config={"a": 1}, resume_step=20)
+  assert steps_in(tmp_path / "metrics.jsonl") == [10, 20]
+  w.write_scalars(30, {"train/loss": 31.0})
+  w.close()
+  lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [l["step"] for l in lines] == [10, 20, 30]
+  assert lines[-1] == {"step": 30, "train/loss": 31.0}
+  assert json.loads((tmp_path / "config.json").read_text()) == {"a": 1}
+  events = scalars(read_events(tmp_path / "tensorboard"))
+  assert events[("train/loss", 10)] == 10.0 and events[("train/loss", 30)] in (30.0, 31.0)
+  assert not any(tag == "note" for tag, _ in events)  # strings are not scalars
+
+
+def test_images_reach_tensorboard(tmp_path):
+  w = metric_writer.MetricWriter(str(tmp_path), config={})
+  w.write_image(5, "samples", np.linspace(0, 1, 28 * 56).reshape(28, 56))
+  w.close()
+  images = [(v.tag, e.step, v.image.width, v.image.height)
+            for e in read_events(tmp_path / "tensorboard") for v in e.summary.value
+            if v.HasField("image")]
+  assert images == [("samples", 5, 56, 28)]
+
+
+def test_without_tensorboard_only_jsonl(tmp_path):
+  w = metric_writer.MetricWriter(str(tmp_path), config={}, tensorboard=False)
+  w.write_scalars(1, {"x": 1.0})
+  w.close()
+  assert not (tmp_path / "tensorboard").exists()
+  assert steps_in(tmp_path / "metrics.jsonl") == [1]
+
+
+def test_tile_samples_puts_dimension_k_on_row_k():
+  x = np.arange(3 * 2 * 16, dtype=float).reshape(3, 2, 16)
+  grid = metric_writer.tile_samples(x, side=4)
+  assert grid.shape == (12, 8)
+  for k in range(3):
+    for m in range(2):
+      np.testing.assert_array_equal(grid[4 * k:4 * k + 4, 4 * m:4 * m + 4],
+                                    x[k, m].reshape(4, 4))
