@@ -286,6 +286,48 @@ def loss_fn_for_splits(config, graphdef, splits) -> objective.LossFn:
 
 
 SELECT_BY = ("validation_accuracy", "final")
+POSITIVE_INTS = ("num_seeds", "data.labeled_batch_size", "data.unlabeled_batch_size",
+                 "data.label_only_batch_size", "train.num_steps", "train.log_every",
+                 "train.eval_every", "train.eval_batch_size", "objective.num_samples",
+                 "objective.label_only_num_samples", "model.latent_dim")
+
+
+def validate(config) -> None:
+  """Every check of `config` that needs no data, run at start-up before MNIST is loaded:
+  each failure is a ValueError naming the key, the value and what is accepted."""
+  for key in POSITIVE_INTS:
+    *parents, leaf = key.split(".")
+    value = config
+    for name in parents:
+      value = value[name]
+    value = value[leaf]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{key}={value!r}; expected a positive integer.")
+  if config.train.select_by not in SELECT_BY:
+    raise ValueError(f"train.select_by={config.train.select_by!r}; expected one of {SELECT_BY}.")
+  if config.data.binarization not in streams_lib.BINARIZATIONS:
+    raise ValueError(f"data.binarization={config.data.binarization!r}; expected one of "
+                     f"{streams_lib.BINARIZATIONS}.")
+  splits_lib.check_config(config.data)
+  models.activation_fn(config.model.activation)
+  models.kernel_initializer(config.model.kernel_init, config.model.init_stddev)
+  if not config.model.hidden or any(h < 1 for h in config.model.hidden):
+    raise ValueError(f"model.hidden={tuple(config.model.hidden)}; expected positive widths, "
+                     "at least one.")
+  make_optimizer(config.train)
+  loss_numbers(config, num_labeled=1, num_unlabeled=1, num_label_only=1,
+               pixel_probs=np.full(config.model.num_pixels, 0.5, np.float32))
+
+
+def check_workdir(workdir: str) -> None:
+  """Creates `workdir` and checks that a file can be written in it."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    files.write_text(os.path.join(workdir, ".writable"), "")
+    os.remove(os.path.join(workdir, ".writable"))
+  except OSError as e:
+    raise ValueError(f"workdir {workdir!r} is not writable ({e}); expected a folder this "
+                     "process can create files in.") from e
 
 
 # ----------------------------------------------------------------------------- populations
@@ -441,8 +483,10 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
   if len(set(map(os.path.abspath, workdirs))) != len(configs):
     raise ValueError(f"workdirs={list(workdirs)}: expected {len(configs)} distinct folders.")
   config = configs[0]
-  if config.train.select_by not in SELECT_BY:
-    raise ValueError(f"train.select_by={config.train.select_by!r}; expected one of {SELECT_BY}.")
+  for c in configs:
+    validate(c)
+  for workdir in workdirs:
+    check_workdir(workdir)
   data = mnist.load(config.data)
   replicas = []
   for c, workdir in zip(configs, workdirs):

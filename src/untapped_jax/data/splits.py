@@ -72,23 +72,37 @@ def _cap(indices: np.ndarray, cap: int) -> np.ndarray:
   return indices if cap is None or cap < 0 else indices[:cap]
 
 
-def make_splits(mnist: dict[str, np.ndarray], config: Any, *, seed: int) -> Splits:
-  """Carves the splits named by `config` (the `data` ConfigDict) out of `mnist`."""
-  labels = mnist["train_labels"].astype(np.int32)
-  images = mnist["train_images"]
-  num_validation = int(config.num_validation)
-  if not 0 <= num_validation < len(labels):
-    raise ValueError(f"data.num_validation={num_validation}: expected 0 <= n < {len(labels)}.")
-  labeled_classes = _check_classes("labeled_classes", config.labeled_classes)
-  unlabeled_classes = _check_classes("unlabeled_classes", config.unlabeled_classes)
-  label_only_classes = _check_classes("label_only_classes", config.label_only_classes)
+def check_config(config: Any, *, num_train: int = 60000) -> None:
+  """The checks of the `data` ConfigDict that need no images (run at start-up)."""
+  if not 0 <= int(config.num_validation) < num_train:
+    raise ValueError(f"data.num_validation={config.num_validation}: expected 0 <= n < "
+                     f"{num_train}.")
+  for name in ("labeled_classes", "unlabeled_classes", "label_only_classes"):
+    _check_classes(name, config[name])
   per_class = int(config.labeled_per_class)
   if per_class < 1 and per_class != -1:
     raise ValueError(f"data.labeled_per_class={per_class}: expected a positive integer, "
                      "or -1 for every image of the labeled classes.")
+  if config.label_only_source not in LABEL_ONLY_SOURCES:
+    raise ValueError(f"data.label_only_source={config.label_only_source!r}; expected one of "
+                     f"{LABEL_ONLY_SOURCES}.")
+  for name in ("max_unlabeled", "max_label_only"):
+    if config[name] == 0 or config[name] < -1:
+      raise ValueError(f"data.{name}={config[name]} would leave that stream empty; expected "
+                       "-1 (no cap) or a positive cap.")
+
+
+def make_splits(mnist: dict[str, np.ndarray], config: Any, *, seed: int) -> Splits:
+  """Carves the splits named by `config` (the `data` ConfigDict) out of `mnist`."""
+  labels = mnist["train_labels"].astype(np.int32)
+  images = mnist["train_images"]
+  check_config(config, num_train=len(labels))
+  num_validation = int(config.num_validation)
+  labeled_classes = _check_classes("labeled_classes", config.labeled_classes)
+  unlabeled_classes = _check_classes("unlabeled_classes", config.unlabeled_classes)
+  label_only_classes = _check_classes("label_only_classes", config.label_only_classes)
+  per_class = int(config.labeled_per_class)
   source = config.label_only_source
-  if source not in LABEL_ONLY_SOURCES:
-    raise ValueError(f"data.label_only_source={source!r}; expected one of {LABEL_ONLY_SOURCES}.")
 
   rng = np.random.default_rng(seed)
   order = rng.permutation(len(labels))

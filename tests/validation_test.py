@@ -1,0 +1,67 @@
+"""Bad configs fail at start-up, before any data is read, naming the key and value."""
+
+import os
+
+import pytest
+
+from untapped_jax import train
+from untapped_jax.configs import default
+
+
+def config_with(**overrides):
+  c = default.get_config()
+  c.data.source = "folder"
+  c.data.dir = "/nonexistent/mnist"  # validation must fail before this is read
+  for key, value in overrides.items():
+    target = c
+    *parents, leaf = key.split(".")
+    for name in parents:
+      target = target[name]
+    target[leaf] = value
+  return c
+
+
+BAD = [
+    ({"data.labeled_batch_size": 0}, r"data.labeled_batch_size=0; expected a positive"),
+    ({"data.unlabeled_batch_size": -5}, r"data.unlabeled_batch_size=-5"),
+    ({"data.label_only_batch_size": 0}, r"data.label_only_batch_size=0"),
+    ({"train.num_steps": 0}, r"train.num_steps=0"),
+    ({"num_seeds": 0}, r"num_seeds=0"),
+    ({"data.labeled_classes": ()}, r"data.labeled_classes=\(\): expected distinct digits"),
+    ({"data.unlabeled_classes": (3, 12)}, r"data.unlabeled_classes=\(3, 12\)"),
+    ({"data.labeled_per_class": 0}, r"data.labeled_per_class=0"),
+    ({"data.max_unlabeled": 0}, r"data.max_unlabeled=0 would leave that stream empty"),
+    ({"data.num_validation": 60000}, r"data.num_validation=60000"),
+    ({"data.binarization": "gray"}, r"data.binarization='gray'; expected one of"),
+    ({"model.activation": "swish"}, r"model.activation='swish'"),
+    ({"model.hidden": ()}, r"model.hidden=\(\)"),
+    ({"train.select_by": "best"}, r"train.select_by='best'"),
+    ({"train.learning_rate": 0.0}, r"train.learning_rate=0.0; expected > 0"),
+    ({"train.clip_value": -1.0}, r"train.clip_value=-1.0"),
+    ({"model_name": "m3"}, r"model_name='m3'; expected one of"),
+    ({"objective.stream_weighting": "equal"}, r"objective.stream_weighting='equal'"),
+    ({"model_name": "untapped", "objective.label_only": "wake"}, r"objective.label_only='wake'"),
+    ({"model_name": "untapped", "objective.label_smoothing": 1.5},
+     r"objective.label_smoothing=1.5"),
+]
+
+
+@pytest.mark.parametrize("overrides,match", BAD)
+def test_bad_config_is_a_clear_error_before_data_and_files(tmp_path, overrides, match):
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(config_with(**overrides), str(workdir))
+  assert not workdir.exists()
+
+
+def test_unwritable_workdir_is_named(tmp_path):
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(ValueError, match=r"workdir .*a_file/run.* is not writable"):
+    train.train_and_evaluate(config_with(), str(tmp_path / "a_file" / "run"))
+
+
+def test_valid_config_gets_as_far_as_the_data(tmp_path):
+  # The default config passes validation; the next failure is the missing data folder.
+  with pytest.raises(ValueError, match="/nonexistent/mnist"):
+    train.train_and_evaluate(config_with(), str(tmp_path / "run"))
+  assert os.listdir(tmp_path / "run") == []  # nothing half-written
