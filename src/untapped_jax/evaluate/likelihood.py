@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from untapped_jax.bounds import untapped
+from untapped_jax.evaluate import semantic
 
 
 def label_only_bound_and_log_q_y(model, y: jax.Array, rng: jax.Array, *,
@@ -99,12 +100,11 @@ def direct_log_q_y(graphdef: nnx.GraphDef, params, settings, *, rng: jax.Array,
 
   The standard error is the delta method's: SE of the mean of q(y|x_s) over that mean.
   """
-  model = nnx.merge(graphdef, params)
-  probs_fn = jax.jit(lambda x: jax.nn.softmax(model.classifier(x)))
   chunks = []
   for i in range(-(-num_samples // chunk)):
     x = sample_image_prior(graphdef, params, settings, jax.random.fold_in(rng, i), chunk)
-    chunks.append(np.asarray(probs_fn(x), np.float64))
+    chunks.append(np.asarray(jax.nn.softmax(semantic.classifier_logits(graphdef, params, x)),
+                             np.float64))
   q = np.concatenate(chunks)[:num_samples]  # [S, K]
   mean = q.mean(0)
   se = q.std(0, ddof=1) / np.sqrt(len(q)) if len(q) > 1 else np.full_like(mean, np.nan)

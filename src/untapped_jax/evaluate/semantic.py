@@ -8,6 +8,7 @@ from dimensions to digits maps the model's classes onto digits for held-out accu
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import os
 from typing import Any
@@ -165,10 +166,16 @@ def generate(graphdef: nnx.GraphDef, params, rng: jax.Array, *, num_per_class: i
 def model_predictions(graphdef: nnx.GraphDef, params, x: np.ndarray, *,
                       batch_size: int = 2000) -> np.ndarray:
   """argmax_y q(y|x) for images x [N, D] -> int [N]."""
-  model = nnx.merge(graphdef, params)
-  predict = jax.jit(lambda x: jnp.argmax(model.classifier(x), -1))
-  return np.concatenate([np.asarray(predict(jnp.asarray(x[i:i + batch_size])))
+  return np.concatenate([np.asarray(jnp.argmax(classifier_logits(
+      graphdef, params, jnp.asarray(x[i:i + batch_size])), -1))
                          for i in range(0, len(x), batch_size)])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def classifier_logits(graphdef: nnx.GraphDef, params, x: jax.Array) -> jax.Array:
+  """q(y|x)'s logits [N, K] for x [N, D]; compiled once per graph and shape, with the
+  parameters as arguments (never baked in as constants)."""
+  return nnx.merge(graphdef, params).classifier(x)
 
 
 # ----------------------------------------------------------------------------- semantics
