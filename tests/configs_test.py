@@ -183,6 +183,7 @@ def cli_env(tmp_path, jax_cache_dir):
               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")
 def test_command_line_trains_and_writes_results(tmp_path, cli_env):
   workdir = tmp_path / "run"

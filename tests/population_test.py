@@ -11,7 +11,12 @@ from untapped_jax import train
 from untapped_jax.configs import default
 
 DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
-needs_mnist = pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")
+
+
+def needs_mnist(test):
+  """Trains on real MNIST: minutes on two cores, so also marked slow."""
+  return pytest.mark.slow(pytest.mark.skipif(
+      not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")(test))
 
 
 def tiny_config(**overrides):

@@ -24,7 +24,8 @@ import pytest
 from untapped_jax import train
 
 DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
-pytestmark = pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")]
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 POSTER = REPO / "experiments" / "configs" / "poster.py"

@@ -467,6 +467,7 @@ def get_hyper(hyper):
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("UNTAPPED_DATA_DIR"), reason="needs real MNIST")
 def test_command_line_sweep_trains_one_population_and_skips_it_on_rerun(tmp_path):
   config_path = tmp_path / "tiny_sweep.py"

@@ -11,7 +11,8 @@ from untapped_jax import train
 from untapped_jax.configs import default
 
 DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
-pytestmark = pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")]
 
 
 def small_config(**train_overrides):
