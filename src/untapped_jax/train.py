@@ -319,6 +319,32 @@ def validate(config) -> None:
                pixel_probs=np.full(config.model.num_pixels, 0.5, np.float32))
 
 
+# Keys a rerun in the same workdir may change: how long and how visibly it trains, how it
+# is evaluated, and where its data and caches are. Anything else is another experiment.
+CONTINUATION_KEYS = ("train.num_steps", "train.time_limit_s", "train.progress_bar",
+                     "train.checkpoint_every", "train.log_every", "train.eval_every",
+                     "train.eval_batch_size", "train.tensorboard", "data.dir", "data.source",
+                     "data.tfds_data_dir")
+
+
+def check_same_experiment(config, workdir: str) -> None:
+  """Refuses a workdir whose config.json is another experiment's (naming the keys),
+  so two configs never mix in one metrics.jsonl or checkpoint."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = _flatten(json.load(f))
+  new = _flatten(json.loads(json.dumps(config.to_dict())))
+  differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
+                  and k not in CONTINUATION_KEYS and not k.startswith("eval."))
+  if differ:
+    raise ValueError(
+        f"workdir {workdir!r} holds a run of another config: {differ} differ "
+        f"({', '.join(f'{k}: {old.get(k)!r} there, {new.get(k)!r} here' for k in differ[:4])}). "
+        f"Use another workdir; a rerun may change only {CONTINUATION_KEYS} and eval.*.")
+
+
 def check_workdir(workdir: str) -> None:
   """Creates `workdir` and checks that a file can be written in it."""
   try:
@@ -485,7 +511,8 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
   config = configs[0]
   for c in configs:
     validate(c)
-  for workdir in workdirs:
+  for c, workdir in zip(configs, workdirs):
+    check_same_experiment(c, workdir)
     check_workdir(workdir)
   data = mnist.load(config.data)
   replicas = []
@@ -525,12 +552,15 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
   validators = [_validator(r.config, graphdef, r.splits, data,
                            lambda p, split, r=r: evaluate_on(r, p, split)) for r in replicas]
   start_time = time.time()
-  state, best, num_steps = _train_loop(
-      config, replicas, state, best, train_step=train_step, numbers=numbers, images=images,
-      manager=manager, validators=validators, placement=placement, graphdef=graphdef)
+  try:
+    state, best, num_steps = _train_loop(
+        config, replicas, state, best, train_step=train_step, numbers=numbers, images=images,
+        manager=manager, validators=validators, placement=placement, graphdef=graphdef)
+  finally:  # whatever stopped training: commit the checkpoints already begun, flush logs
+    manager.wait_until_finished()
+    for r in replicas:
+      r.writer.close()
   train_wall_s = time.time() - start_time
-  for r in replicas:
-    r.writer.close()
 
   return _final_evaluation(replicas, state, best, graphdef=graphdef, data=data,
                            num_steps=num_steps, train_wall_s=[train_wall_s] * len(replicas),
