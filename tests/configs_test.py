@@ -46,9 +46,9 @@ def test_parse_arg_types_values_by_their_defaults():
 
 
 @pytest.mark.parametrize("arg,defaults,match", [
-    ("a=2.5", {"a": 1}, r"a='2.5': expected a int like the default 1"),
-    ("a=x", {"a": 0.5}, r"a='x': expected a float"),
-    ("b=maybe", {"b": False}, r"b='maybe': expected a bool"),
+    ("a=2.5", {"a": 1}, r"a=2.5: expected an int like the default 1"),
+    ("a=x", {"a": 0.5}, r"a=x: expected a float"),
+    ("b=maybe", {"b": False}, r"b=maybe: expected a bool"),
     ("a", {"a": 1}, r"'a' needs a value"),
 ])
 def test_parse_arg_wrong_types_name_the_key(arg, defaults, match):
@@ -88,7 +88,7 @@ def test_m2_benchmark_default_and_runlocal():
 
 @pytest.mark.parametrize("config,arg,named", [
     (m2_benchmark, "labels=250", "labels=250;"),
-    (m2_benchmark, "labels=abc", "labels='abc'"),
+    (m2_benchmark, "labels=abc", "labels=abc: expected an int"),
     (m2_benchmark, "labels=0", "labels=0;"),
     (poster, "model=m3", "model='m3'"),
     (poster, "model=M2", "model='M2'")])

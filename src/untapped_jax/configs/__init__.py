@@ -58,5 +58,6 @@ def _typed(key: str, value: str, default):
   else:
     raise TypeError(f"config argument {key!r} has a default of type {kind}; "
                     "expected bool, int, float or str defaults.")
-  raise ValueError(f"config argument {key}={value!r}: expected a {kind} like the default "
+  article = "an" if kind == "int" else "a"
+  raise ValueError(f"config argument {key}={value}: expected {article} {kind} like the default "
                    f"{default!r}.")
