@@ -27,7 +27,7 @@ import throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 from untapped_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _MODEL = flags.DEFINE_string("model", "m2", "m2 | untapped")
-_UNLABELED = flags.DEFINE_integer("unlabeled_batch", 200, "Unlabeled images per step.")
+_UNLABELED = throughput._UNLABELED  # pylint: disable=protected-access  (--unlabeled_batch)
 _TOP = flags.DEFINE_integer("top", 25, "Ops to list.")
 _TRACE_DIR = flags.DEFINE_string("trace_dir", "", "Trace folder (default: a temporary one).")
 STEPS = 10
