@@ -6,6 +6,9 @@ with many draws and averaged with the test set's class frequencies.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -28,24 +31,29 @@ def label_only_bound_and_log_q_y(model, y: jax.Array, rng: jax.Array, *,
   return jnp.mean(log_w), jax.nn.logsumexp(log_w) - jnp.log(num_samples)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "settings", "num_samples"))
+def _label_only_log_terms(graphdef, params, pixel_probs, y, key, *, settings, num_samples):
+  """The exact-estimator log terms of one label's bound; compiled once per graph, settings
+  and sample count, with the parameters and q(x)'s pixel probabilities as arguments
+  (settings hash without their arrays, so the arrays must not be read from them)."""
+  settings = dataclasses.replace(settings, pixel_probs=pixel_probs)
+  return untapped.label_only_log_terms(
+      nnx.merge(graphdef, params), y, key, log_prior_x=settings.log_prior_x(graphdef, params),
+      estimator="exact", num_samples=num_samples)
+
+
 def label_only_report(graphdef: nnx.GraphDef, params, settings, *, test_labels: np.ndarray,
                       rng: jax.Array, num_samples: int, chunk: int = 500) -> dict[str, float]:
   """Per-class and test-weighted label-only bound, IS log q(y) and gap, in nats.
 
   `settings` is an objective.LabelOnlySettings (it picks q(x)).
   """
-  model = nnx.merge(graphdef, params)
-  log_prior_x = settings.log_prior_x(graphdef, params)
-  k = model.num_classes
-
+  k = nnx.merge(graphdef, params).num_classes
   if num_samples < 1:
     raise ValueError(f"num_samples={num_samples}: expected a positive integer.")
   chunk = min(chunk, num_samples)
-
-  @jax.jit
-  def log_terms(y, key):
-    return untapped.label_only_log_terms(model, y, key, log_prior_x=log_prior_x,
-                                         estimator="exact", num_samples=chunk)
+  log_terms = lambda y, key: _label_only_log_terms(
+      graphdef, params, settings.pixel_probs, y, key, settings=settings, num_samples=chunk)
 
   per_class_bound, per_class_log_q, per_class_terms = [], [], []
   for c in range(k):
