@@ -433,10 +433,12 @@ def test_caps_and_prefix_stability(indexed):
   assert more.labeled.class_counts() == [30] * 10
   assert set(split_indices(full.labeled)) < set(split_indices(more.labeled))
   np.testing.assert_array_equal(more.validation.images, full.validation.images)
-  # max_unlabeled=0 is an empty set; a cap above the pool is no cap.
-  s = splits_lib.make_splits(indexed, data_config(num_validation=2000, max_unlabeled=0,
+  # A cap above the pool is no cap; max_unlabeled=0 would leave a training stream empty.
+  s = splits_lib.make_splits(indexed, data_config(num_validation=2000,
                                                   max_label_only=10**9), seed=7)
-  assert len(s.unlabeled) == 0 and len(s.label_only) == len(full.label_only)
+  assert len(s.label_only) == len(full.label_only)
+  with pytest.raises(ValueError, match="data.max_unlabeled=0 would leave that stream empty"):
+    splits_lib.make_splits(indexed, data_config(num_validation=2000, max_unlabeled=0), seed=7)
 
 
 def test_seed_determinism(indexed):
