@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from untapped_jax import sweep
 from untapped_jax import train
 from untapped_jax.configs import default
 
@@ -37,13 +38,7 @@ def tiny_config(**overrides):
   c.train.checkpoint_every = 0
   c.train.progress_bar = False
   c.train.eval_batch_size = 2000
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for name in parents:
-      target = target[name]
-    target[leaf] = value
-  return c
+  return sweep.apply_point(c, {f"config.{k}": v for k, v in overrides.items()})
 
 
 def train_one(config, workdir):

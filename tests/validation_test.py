@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from untapped_jax import sweep
 from untapped_jax import train
 from untapped_jax.configs import default
 
@@ -12,13 +13,7 @@ def config_with(**overrides):
   c = default.get_config()
   c.data.source = "folder"
   c.data.dir = "/nonexistent/mnist"  # validation must fail before this is read
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for name in parents:
-      target = target[name]
-    target[leaf] = value
-  return c
+  return sweep.apply_point(c, {f"config.{k}": v for k, v in overrides.items()})
 
 
 BAD = [
