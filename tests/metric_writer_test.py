@@ -35,16 +35,22 @@ def steps_in(path):
 def test_resume_drops_lines_past_the_checkpoint_and_logs_each_step_once(tmp_path):
   w = metric_writer.MetricWriter(str(tmp_path), config={"a": 1})
   for step in (10, 20, 30):
-    w.write_scalars(step, {"train/loss": float(step), "note": "x"})
+    w.write_scalars(step, {"train/loss": float(step), "note": "x"}, wall_s=step / 10)
   w.close()
+  first_lines = (tmp_path / "metrics.jsonl").read_text().splitlines(keepends=True)
   # Killed after step 30, resumed from the checkpoint at step 20.
   w = metric_writer.MetricWriter(str(tmp_path), config={"a": 1}, resume_step=20)
-  assert steps_in(tmp_path / "metrics.jsonl") == [10, 20]
-  w.write_scalars(30, {"train/loss": 31.0})
+  assert (tmp_path / "metrics.jsonl").read_text() == "".join(first_lines[:2])  # bytes kept
+  assert steps_in(tmp_path / "timings.jsonl") == [10, 20]
+  assert w.wall_s_before == 2.0
+  w.write_scalars(30, {"train/loss": 31.0}, wall_s=0.5)
   w.close()
   lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [l["step"] for l in lines] == [10, 20, 30]
-  assert lines[-1] == {"step": 30, "train/loss": 31.0}
+  assert lines[-1] == {"step": 30, "train/loss": 31.0}  # no clock time in the metrics
+  timings = [json.loads(line) for line in open(tmp_path / "timings.jsonl")]
+  assert timings == [{"step": 10, "wall_s": 1.0}, {"step": 20, "wall_s": 2.0},
+                     {"step": 30, "wall_s": 2.5}]  # seconds add up over the attempts
   assert json.loads((tmp_path / "config.json").read_text()) == {"a": 1}
   events = scalars(read_events(tmp_path / "tensorboard"))
   assert events[("train/loss", 10)] == 10.0 and events[("train/loss", 30)] in (30.0, 31.0)
@@ -63,7 +69,7 @@ def test_images_reach_tensorboard(tmp_path):
 
 def test_without_tensorboard_only_jsonl(tmp_path):
   w = metric_writer.MetricWriter(str(tmp_path), config={}, tensorboard=False)
-  w.write_scalars(1, {"x": 1.0})
+  w.write_scalars(1, {"x": 1.0}, wall_s=0.1)
   w.close()
   assert not (tmp_path / "tensorboard").exists()
   assert steps_in(tmp_path / "metrics.jsonl") == [1]

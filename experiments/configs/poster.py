@@ -133,6 +133,7 @@ def _authors_recipe(c):
   c.train.num_steps = 4004
   c.train.eval_every = 286  # 14 points of the learning curves (eval.semantic_curve)
   c.train.log_every = 143
+  c.train.checkpoint_every = 1001  # a multiple of log_every, so a resume is exact
   c.eval.semantic_curve = True
 
 

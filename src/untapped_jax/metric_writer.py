@@ -1,10 +1,13 @@
-"""A run folder's metrics: config.json, metrics.jsonl and TensorBoard event files.
+"""A run folder's metrics: config.json, metrics.jsonl, timings.jsonl and TensorBoard events.
 
 TensorBoard events go through tensorboardX, a maintained writer that needs neither
 TensorFlow nor PyTorch (clu's writers need TensorFlow for TensorBoard); it has
 `purge_step`, which hides the events a killed run logged past its last checkpoint.
 metrics.jsonl stays the record the tables and reports read: after a resume from step
 t, lines past t are dropped before new ones are written, so no step appears twice.
+Wall-clock times go to timings.jsonl (and timing.json), never to metrics.jsonl or
+results.json: those two hold only what the config and seed decide, so a run killed
+and resumed ends with the same bytes as one that never stopped.
 """
 
 from __future__ import annotations
@@ -18,19 +21,28 @@ import numpy as np
 from untapped_jax import files
 
 METRICS_FILE = "metrics.jsonl"
+TIMINGS_FILE = "timings.jsonl"
+TIMING_FILE = "timing.json"
 TENSORBOARD_DIR = "tensorboard"
 
 
 class MetricWriter:
-  """Writes one run's metrics; `resume_step` is the step its training restarts from."""
+  """Writes one run's metrics; `resume_step` is the step its training restarts from.
+
+  `wall_s_before` is the training wall time logged up to `resume_step` by earlier,
+  interrupted attempts (0 for a fresh run), so wall times add up over resumes.
+  """
 
   def __init__(self, workdir: str, *, config: dict[str, Any], resume_step: int = 0,
                tensorboard: bool = True):
     self.workdir = workdir
     self.metrics_path = os.path.join(workdir, METRICS_FILE)
+    self.timings_path = os.path.join(workdir, TIMINGS_FILE)
     os.makedirs(workdir, exist_ok=True)
     files.write_json(os.path.join(workdir, "config.json"), config)
-    self._truncate(resume_step)
+    _truncate(self.metrics_path, resume_step)
+    kept = _truncate(self.timings_path, resume_step)
+    self.wall_s_before = kept[-1]["wall_s"] if kept else 0.0
     self._tensorboard = None
     if tensorboard and files.is_writer():
       import tensorboardX  # pylint: disable=g-import-not-at-top
@@ -39,19 +51,12 @@ class MetricWriter:
           flush_secs=30, filename_suffix=f".resume{resume_step}.pid{os.getpid()}")
       # (The suffix keeps a restart within the same second from overwriting the file.)
 
-  def _truncate(self, step: int) -> None:
-    if not os.path.exists(self.metrics_path):
-      return
-    with open(self.metrics_path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    files.write_text(self.metrics_path, "".join(kept))
-
-  def write_scalars(self, step: int, record: dict[str, Any]) -> None:
-    """Appends {'step': step, **record} to metrics.jsonl (rewritten through a temporary
-    file, so a kill never leaves half a line) and its numbers to TensorBoard."""
-    line = json.dumps({"step": step, **record}) + "\n"
-    old = open(self.metrics_path).read() if os.path.exists(self.metrics_path) else ""
-    files.write_text(self.metrics_path, old + line)
+  def write_scalars(self, step: int, record: dict[str, Any], *, wall_s: float) -> None:
+    """Appends {'step': step, **record} to metrics.jsonl and {'step', 'wall_s'} (training
+    seconds, over all attempts) to timings.jsonl, each rewritten through a temporary
+    file so a kill never leaves half a line; the numbers also go to TensorBoard."""
+    _append_line(self.timings_path, {"step": step, "wall_s": self.wall_s_before + wall_s})
+    _append_line(self.metrics_path, {"step": step, **record})
     if self._tensorboard is not None:
       for name, value in record.items():
         if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
@@ -65,6 +70,33 @@ class MetricWriter:
   def close(self) -> None:
     if self._tensorboard is not None:
       self._tensorboard.close()
+
+
+def _truncate(path: str, step: int) -> list[dict[str, Any]]:
+  """Drops the lines of `path` logged after `step`; returns the lines kept."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  kept = [line for line in lines if json.loads(line)["step"] <= step]
+  files.write_text(path, "".join(kept))  # the kept lines' bytes unchanged
+  return [json.loads(line) for line in kept]
+
+
+def _append_line(path: str, record: dict[str, Any]) -> None:
+  old = open(path).read() if os.path.exists(path) else ""
+  files.write_text(path, old + json.dumps(record) + "\n")
+
+
+def read_results(folder: str) -> dict[str, Any]:
+  """results.json of a run folder, with train_wall_s from its timing.json when present."""
+  with open(os.path.join(folder, "results.json")) as f:
+    results = json.load(f)
+  timing = os.path.join(folder, TIMING_FILE)
+  if os.path.exists(timing):
+    with open(timing) as f:
+      results["train_wall_s"] = json.load(f)["train_wall_s"]
+  return results
 
 
 def tile_samples(x: np.ndarray, *, side: int = 28) -> np.ndarray:

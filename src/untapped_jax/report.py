@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from untapped_jax import files
+from untapped_jax import metric_writer
 
 
 def _save(fig, path: str) -> None:
@@ -154,7 +155,7 @@ def write_report(roots, out: str, *, metrics=(), reference: str = "") -> str:
   from untapped_jax import sweep  # pylint: disable=g-import-not-at-top
   runs = find_runs(roots)
   os.makedirs(out, exist_ok=True)
-  results = {v: {s: json.load(open(os.path.join(d, "results.json"))) for s, d in seeds.items()}
+  results = {v: {s: metric_writer.read_results(d) for s, d in seeds.items()}
              for v, seeds in runs.items()}
   md_table, csv_table = sweep.sweep_tables(results, reference=reference,
                                            metrics=tuple(metrics) or REPORT_METRICS + sweep.METRICS)

@@ -26,7 +26,6 @@ import importlib.util
 import inspect
 import io
 import itertools
-import json
 import os
 from typing import Any
 
@@ -37,6 +36,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from untapped_jax import files
+from untapped_jax import metric_writer
 from untapped_jax import stats
 
 
@@ -170,11 +170,11 @@ def load_results(root: str, points) -> dict[str, dict[int, dict]]:
   """variant -> seed -> results.json of every finished point."""
   out: dict[str, dict[int, dict]] = {}
   for point in points:
-    path = os.path.join(point_dir(root, point), "results.json")
+    folder = point_dir(root, point)
     out.setdefault(variant_name(point), {})
-    if os.path.exists(path):
-      with open(path) as f:
-        out[variant_name(point)][int(point.get("config.seed", 0))] = json.load(f)
+    if os.path.exists(os.path.join(folder, "results.json")):
+      out[variant_name(point)][int(point.get("config.seed", 0))] = (
+          metric_writer.read_results(folder))
   return out
 
 

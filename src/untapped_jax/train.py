@@ -314,6 +314,11 @@ def validate(config) -> None:
   if not config.model.hidden or any(h < 1 for h in config.model.hidden):
     raise ValueError(f"model.hidden={tuple(config.model.hidden)}; expected positive widths, "
                      "at least one.")
+  every, log_every = config.train.checkpoint_every, config.train.log_every
+  if isinstance(every, bool) or not isinstance(every, int) or every < 0 or every % log_every:
+    raise ValueError(f"train.checkpoint_every={every!r}; expected 0 (only the final state) or "
+                     f"a multiple of train.log_every={log_every}, so that a resumed run "
+                     "restarts at a logged step and logs the same numbers.")
   make_optimizer(config.train)
   loss_numbers(config, num_labeled=1, num_unlabeled=1, num_label_only=1,
                pixel_probs=np.full(config.model.num_pixels, 0.5, np.float32))
@@ -467,7 +472,9 @@ def stack_numpy(trees):
 def _checkpoint_manager(checkpoint_dir: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.abspath(checkpoint_dir),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+      # A run killed mid-save leaves a temporary folder; the rerun removes it.
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                           cleanup_tmp_directories=True))
 
 
 def _save_checkpoint(manager, step: int, state: TrainState, best: dict) -> None:
@@ -503,7 +510,9 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
   evaluation's files) to workdirs[i]; the population's checkpoints, which hold all
   replicas, go to `checkpoint_dir`. Rerunning resumes from the latest checkpoint.
   With `eval_only`, nothing trains: the latest checkpoint is evaluated again and
-  results.json rewritten (train_wall_s kept from the previous results.json).
+  results.json rewritten. Wall-clock times go to timings.jsonl and timing.json only,
+  so metrics.jsonl and results.json are the same bytes however often the run was
+  killed and resumed.
   """
   check_population(configs)
   if len(set(map(os.path.abspath, workdirs))) != len(configs):
@@ -551,24 +560,25 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
                                           tensorboard=config.train.tensorboard)
   validators = [_validator(r.config, graphdef, r.splits, data,
                            lambda p, split, r=r: evaluate_on(r, p, split)) for r in replicas]
-  start_time = time.time()
   try:
-    state, best, num_steps = _train_loop(
+    state, best, num_steps, train_wall_s = _train_loop(
         config, replicas, state, best, train_step=train_step, numbers=numbers, images=images,
         manager=manager, validators=validators, placement=placement, graphdef=graphdef)
   finally:  # whatever stopped training: commit the checkpoints already begun, flush logs
     manager.wait_until_finished()
     for r in replicas:
       r.writer.close()
-  train_wall_s = time.time() - start_time
-
+  if files.is_writer():
+    for r in replicas:
+      files.write_json(os.path.join(r.workdir, metric_writer.TIMING_FILE),
+                       {"train_wall_s": r.writer.wall_s_before + train_wall_s,
+                        "num_steps": num_steps, "population_size": len(replicas)})
   return _final_evaluation(replicas, state, best, graphdef=graphdef, data=data,
-                           num_steps=num_steps, train_wall_s=[train_wall_s] * len(replicas),
-                           evaluate_on=evaluate_on)
+                           num_steps=num_steps, evaluate_on=evaluate_on)
 
 
-def _final_evaluation(replicas, state, best, *, graphdef, data, num_steps, train_wall_s,
-                      evaluate_on) -> Population:
+def _final_evaluation(replicas, state, best, *, graphdef, data, num_steps, evaluate_on
+                      ) -> Population:
   """Validation of the last state, the choice of parameters, then test and results.json."""
   results = []
   for i, r in enumerate(replicas):
@@ -580,7 +590,7 @@ def _final_evaluation(replicas, state, best, *, graphdef, data, num_steps, train
     results.append(_finish_replica(r, graphdef, unstack(best["params"], i), data,
                                    final_val=final_val, best_accuracy=float(best["accuracy"][i]),
                                    best_step=int(best["step"][i]), num_steps=num_steps,
-                                   train_wall_s=train_wall_s[i], population_size=len(replicas),
+                                   population_size=len(replicas),
                                    evaluate_on=lambda p, split, r=r: evaluate_on(r, p, split)))
   return Population(results=results, graphdef=graphdef, state=state,
                     best_params=best["params"], replicas=replicas)
@@ -592,14 +602,9 @@ def _evaluate_checkpoint(replicas, manager, state, best, *, graphdef, data, eval
   if step is None:
     raise FileNotFoundError(f"--eval_only: no checkpoint in {manager.directory}; train the "
                             "run first (its final state is always checkpointed).")
-  wall = []
-  for r in replicas:
-    old = os.path.join(r.workdir, "results.json")
-    wall.append(json.load(open(old)).get("train_wall_s", float("nan"))
-                if os.path.exists(old) else float("nan"))
   logging.info("evaluating the checkpoint of step %d without training", step)
   return _final_evaluation(replicas, state, best, graphdef=graphdef, data=data, num_steps=step,
-                           train_wall_s=wall, evaluate_on=evaluate_on)
+                           evaluate_on=evaluate_on)
 
 
 def _replace_best(best: dict, i: int, params, accuracy: float, step: int) -> dict:
@@ -611,7 +616,7 @@ def _replace_best(best: dict, i: int, params, accuracy: float, step: int) -> dic
 
 
 def _finish_replica(r: Replica, graphdef, best_params, data, *, final_val, best_accuracy,
-                    best_step, num_steps, train_wall_s, population_size, evaluate_on):
+                    best_step, num_steps, population_size, evaluate_on):
   config, splits = r.config, r.splits
   test = evaluate_on(best_params, splits.test)
   results = {
@@ -626,7 +631,6 @@ def _finish_replica(r: Replica, graphdef, best_params, data, *, final_val, best_
       "labeled_epochs": r.streams["labeled"].epochs_at(num_steps),
       "unlabeled_epochs": r.streams["unlabeled"].epochs_at(num_steps),
       "split_sizes": splits.sizes(),
-      "train_wall_s": train_wall_s,  # of the whole population
       "population_size": population_size,
       "seed": config.seed,
   }
@@ -683,8 +687,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                               checkpoint_dir=os.path.join(workdir, "checkpoints")).results[0]
     if is_finished(config, workdir):
       logging.info("%s holds a finished run of this config; not training again.", workdir)
-      with open(os.path.join(workdir, "results.json")) as f:
-        return json.load(f)
+      return metric_writer.read_results(workdir)
     return train_population([config], [workdir],
                             checkpoint_dir=os.path.join(workdir, "checkpoints")).results[0]
   configs = replica_configs(config)
@@ -696,8 +699,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      checkpoint_dir=os.path.join(workdir, "checkpoints"), eval_only=eval_only)
   per_seed = {}
   for c, w in zip(configs, workdirs):
-    with open(os.path.join(w, "results.json")) as f:
-      per_seed[c.seed] = json.load(f)
+    per_seed[c.seed] = metric_writer.read_results(w)
   return write_summary(workdir, per_seed)
 
 
@@ -764,7 +766,7 @@ def _train_loop(config, replicas, state, best, *, train_step, numbers, images, m
                 validators, placement, graphdef):
   """Steps from state.step to train.num_steps (or the time limit); logs, validates,
   checkpoints (every train.checkpoint_every steps, and always at the end). Returns
-  (state, best, the step it stopped at)."""
+  (state, best, the step it stopped at, seconds spent)."""
   num_steps, time_limit = config.train.num_steps, config.train.time_limit_s
   select_best = config.train.select_by == "validation_accuracy"
   history, start_time = [], time.time()
@@ -788,8 +790,7 @@ def _train_loop(config, replicas, state, best, *, train_step, numbers, images, m
       history = []
       validate = done % config.train.eval_every == 0 or done == num_steps
       for i, r in enumerate(replicas):
-        record = {"wall_s": time.time() - start_time,
-                  "labeled_epochs": r.streams["labeled"].epochs_at(done),
+        record = {"labeled_epochs": r.streams["labeled"].epochs_at(done),
                   "unlabeled_epochs": r.streams["unlabeled"].epochs_at(done),
                   **{f"train/{k}": float(v[i]) for k, v in means.items()}}
         if validate:
@@ -800,7 +801,7 @@ def _train_loop(config, replicas, state, best, *, train_step, numbers, images, m
           last_accuracy[i] = val["accuracy"]
           if select_best and val["accuracy"] > float(best["accuracy"][i]):
             best = _replace_best(best, i, params, val["accuracy"], done)
-        r.writer.write_scalars(done, record)
+        r.writer.write_scalars(done, record, wall_s=time.time() - start_time)
       bar.set_postfix(loss=f"{float(means['loss'].mean()):.2f}",
                       acc=f"{np.mean(last_accuracy):.3f}")
     every = config.train.checkpoint_every
@@ -811,4 +812,4 @@ def _train_loop(config, replicas, state, best, *, train_step, numbers, images, m
     if done == num_steps:
       break
   manager.wait_until_finished()
-  return state, best, int(jax.device_get(state.step[0]))
+  return state, best, int(jax.device_get(state.step[0])), time.time() - start_time
