@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 
-from untapped_jax import report
+from untapped_jax.evaluate import figures
 
 
 def main():
@@ -25,7 +25,7 @@ def main():
       parser.error(f"{item!r}: expected LABEL=RUN_DIR")
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       runs[label] = [json.loads(line) for line in f if line.strip()]
-  report.metric_curves(runs, args.out, keys=report.CURVE_METRICS, title=args.title)
+  figures.metric_curves(runs, args.out, keys=figures.CURVE_METRICS, title=args.title)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import itertools
 from flax import nnx
 import jax
 import jax.numpy as jnp
+from jax import test_util as jtu
 from jax.flatten_util import ravel_pytree
 import numpy as np
 import pytest
@@ -417,16 +418,8 @@ def test_unlabeled_bound_gradient_matches_finite_differences():
       return m2.unlabeled_bound(nnx.merge(graphdef, unravel(flat)), x, rng, num_samples=2)
 
     assert f(flat).dtype == jnp.float64
-    grad = np.asarray(jax.grad(f)(flat))
-    assert np.all(np.isfinite(grad))
-    rs = np.random.RandomState(14)
-    coords = rs.choice(flat.size, size=10, replace=False)
-    h = 1e-6
-    for i in coords:
-      e = jnp.zeros_like(flat).at[i].set(h)
-      fd = (float(f(flat + e)) - float(f(flat - e))) / (2 * h)
-      np.testing.assert_allclose(grad[i], fd, rtol=1e-5, atol=1e-7, err_msg=f"coordinate {i}")
-    # A random direction, covering all parameters at once.
-    v = jnp.asarray(rs.randn(flat.size))
-    fd = (float(f(flat + h * v)) - float(f(flat - h * v))) / (2 * h)
-    np.testing.assert_allclose(float(grad @ np.asarray(v)), fd, rtol=1e-5)
+    assert np.all(np.isfinite(np.asarray(jax.grad(f)(flat))))
+    # Forward and reverse mode, first and second order, against central differences
+    # along random directions covering all parameters.
+    jtu.check_grads(f, (flat,), order=2, modes=("fwd", "rev"), eps=1e-5, atol=1e-6,
+                    rtol=1e-5)

@@ -272,7 +272,7 @@ def test_negative_clip_raises(key):
 def weights_for(arg="recipe=authors", **objective_overrides):
   c = poster.get_config(arg)
   c.objective.update(objective_overrides)
-  return train.stream_weights(c, num_labeled=300, num_unlabeled=700, num_label_only=10)
+  return objective.stream_weights(c, num_labeled=300, num_unlabeled=700, num_label_only=10)
 
 
 @pytest.mark.parametrize("a,b,c,d", [(0.1, 0.1, 1.0, 0.1), (2.0, 0.5, 3.0, 0.0)])
@@ -306,16 +306,16 @@ def test_fixed_label_only_z():
   c = poster.get_config("recipe=authors")
   c.objective.label_only_num_samples = 50
   c.model.latent_dim = 4
-  z = train.fixed_label_only_z(c, seed=3)
+  z = objective.fixed_label_only_z(c, seed=3)
   assert z.shape == (10, 50, 4)
-  np.testing.assert_array_equal(z, train.fixed_label_only_z(c, seed=3))
-  assert not np.allclose(z, train.fixed_label_only_z(c, seed=4))
+  np.testing.assert_array_equal(z, objective.fixed_label_only_z(c, seed=3))
+  assert not np.allclose(z, objective.fixed_label_only_z(c, seed=4))
   assert abs(z.mean()) < 0.1 and abs(z.std() - 1.0) < 0.06  # 2000 draws of N(0, 1)
   c.objective.label_only_z = "prior"
-  assert train.fixed_label_only_z(c, seed=3) is None
+  assert objective.fixed_label_only_z(c, seed=3) is None
   c.objective.label_only_z = "fixd"
   with pytest.raises(ValueError, match="'fixd'"):
-    train.fixed_label_only_z(c, seed=3)
+    objective.fixed_label_only_z(c, seed=3)
 
 
 # ----------------------------------------------------------------------------- init

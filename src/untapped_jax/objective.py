@@ -14,7 +14,7 @@ step's loss -J_hat is an unbiased estimate of -J.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 from flax import nnx
 from flax import struct
@@ -239,3 +239,100 @@ def concrete_log_prob(model, x: jax.Array, y: jax.Array, rng: jax.Array, *,
   logits = jax.nn.log_softmax(model.classifier(x))
   gumbel = jax.random.gumbel(rng, logits.shape, logits.dtype)
   return jnp.sum(y * jax.nn.log_softmax((logits + gumbel) / temperature), -1)
+
+
+# ----------------------------------------------------------------------------- from a config
+
+
+STREAM_WEIGHTINGS = ("dataset", "batch_mean")
+LABEL_ONLY_Z = ("prior", "fixed")
+
+
+def stream_weights(config, *, num_labeled: int, num_unlabeled: int, num_label_only: int
+                   ) -> StreamWeights:
+  """The coefficients of the streams' batch means for config.objective.stream_weighting."""
+  o = config.objective
+  label_only_weight = o.label_only_weight if config.model_name == "untapped" else 0.0
+  if o.stream_weighting == "dataset":
+    return StreamWeights.from_sizes(
+        num_labeled=num_labeled, num_unlabeled=num_unlabeled, num_label_only=num_label_only,
+        classification_weight=o.classification_weight, label_only_weight=label_only_weight)
+  if o.stream_weighting == "batch_mean":
+    return StreamWeights.from_batch_means(
+        labeled=o.labeled_weight, unlabeled=o.unlabeled_weight,
+        classification=o.classification_weight, label_only=label_only_weight)
+  raise ValueError(f"objective.stream_weighting={o.stream_weighting!r}; "
+                   f"expected one of {STREAM_WEIGHTINGS}.")
+
+
+def fixed_label_only_z(config, *, seed: int) -> np.ndarray | None:
+  """objective.label_only_z='fixed': z [K, S, Z] drawn once from p(z) with `seed`."""
+  mode = config.objective.label_only_z
+  if mode not in LABEL_ONLY_Z:
+    raise ValueError(f"objective.label_only_z={mode!r}; expected one of {LABEL_ONLY_Z}.")
+  if mode == "prior":
+    return None
+  shape = (config.model.num_classes, config.objective.label_only_num_samples,
+           config.model.latent_dim)
+  return np.asarray(jax.random.normal(jax.random.key(seed + 11), shape))
+
+
+def uses_label_only(config) -> bool:
+  return config.model_name == "untapped" and config.objective.label_only_weight != 0
+
+
+def loss_numbers(config, *, num_labeled: int, num_unlabeled: int, num_label_only: int,
+                 pixel_probs: np.ndarray | None) -> dict[str, Any]:
+  """The numbers of a replica's loss: what may differ between replicas of a population.
+
+  A pytree of float32 scalars and arrays (None where unused); loss_fn_from_numbers
+  turns it into the loss, and the population step vmaps over a stack of them.
+  """
+  name = config.model_name
+  if name not in MODEL_NAMES:
+    raise ValueError(f"model_name={name!r}; expected one of {MODEL_NAMES}.")
+  o = config.objective
+  weights = stream_weights(config, num_labeled=num_labeled, num_unlabeled=num_unlabeled,
+                           num_label_only=num_label_only)
+  f32 = lambda v: None if v is None else np.asarray(v, np.float32)
+  numbers = {
+      "weights": jax.tree.map(f32, weights),
+      "classification_temperature": f32(o.classification_temperature),
+      "label_smoothing": f32(o.label_smoothing),
+      "relaxed_temperature": f32(o.relaxed_temperature),
+      "pixel_probs": None, "fixed_z": None}
+  if uses_label_only(config):
+    numbers["pixel_probs"] = f32(pixel_probs)
+    numbers["fixed_z"] = f32(fixed_label_only_z(config, seed=config.seed))
+    # Checks the label-only settings with concrete values, before anything is traced.
+    LabelOnlySettings.from_config(o, pixel_probs=pixel_probs)
+  return numbers
+
+
+def loss_fn_from_numbers(config, graphdef, numbers: dict[str, Any]) -> LossFn:
+  """The loss of `config.model_name` with the (possibly traced) `numbers`.
+
+  What changes code paths comes from `config` and is shared by a population:
+  whether the label-only term is on, and whether the classification term is scored
+  against a Concrete sample (classification_temperature > 0).
+  """
+  o = config.objective
+  label_only = None
+  if uses_label_only(config):
+    label_only = dataclasses.replace(
+        LabelOnlySettings.from_config(o, pixel_probs=numbers["pixel_probs"],
+                                                fixed_z=numbers["fixed_z"]),
+        label_smoothing=numbers["label_smoothing"],
+        temperature=numbers["relaxed_temperature"])
+  temperature = numbers["classification_temperature"] if o.classification_temperature > 0 else 0.0
+  return make_loss_fn(graphdef, numbers["weights"], num_samples=o.num_samples,
+                                label_only=label_only,
+                                classification_temperature=temperature)
+
+
+def numbers_for_splits(config, splits) -> dict[str, Any]:
+  """loss_numbers for the data splits of one replica (q(x) fitted to its training images)."""
+  return loss_numbers(config, num_labeled=len(splits.labeled),
+                      num_unlabeled=len(splits.unlabeled),
+                      num_label_only=len(splits.label_only),
+                      pixel_probs=untapped.fit_pixel_bernoulli(splits.train_images))

@@ -1,4 +1,4 @@
-r"""Figures (PNG, written atomically) and `untapped-report`, a Markdown report of runs.
+r"""`untapped-report`: a Markdown report of runs, with tables and figures.
 
   untapped-report runs/m2_100x5 runs/screen [--out runs/report] [--metrics a,b] \
       [--reference model_name=m2]
@@ -19,105 +19,9 @@ import os
 import re
 import shutil
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-import numpy as np
-
 from untapped_jax import files
 from untapped_jax import metric_writer
-
-
-def _save(fig, path: str) -> None:
-  with files.atomic_path(path) as tmp:
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-  plt.close(fig)
-
-
-def sample_grid(x: np.ndarray, majority_digits, duplicated_digits, path: str, *,
-                title: str = "", columns: int = 10) -> None:
-  """One row per y dimension: `columns` samples, labelled with the evaluator's digit.
-
-  x [K, M, 784]; rows whose digit another row also generates are marked in red.
-  """
-  k, columns = x.shape[0], min(columns, x.shape[1])
-  fig, axes = plt.subplots(k, columns, figsize=(columns * 0.8 + 1.6, k * 0.8 + 0.6),
-                           squeeze=False)
-  for row in range(k):
-    digit = int(majority_digits[row])
-    dup = digit in set(duplicated_digits)
-    for col in range(columns):
-      ax = axes[row, col]
-      ax.imshow(x[row, col].reshape(28, 28), cmap="gray_r", vmin=0, vmax=1)
-      ax.set_xticks([])
-      ax.set_yticks([])
-    axes[row, 0].set_ylabel(f"y={row} → {digit}" + (" dup" if dup else ""), rotation=0,
-                            ha="right", va="center", fontsize=9,
-                            color="red" if dup else "black")
-  fig.suptitle(title, fontsize=10)
-  _save(fig, path)
-
-
-def inconsistency_figure(x: np.ndarray, model_digits: np.ndarray, path: str, *,
-                         title: str = "", columns: int = 8) -> None:
-  """y -> generated x -> argmax q(y|x), per dimension: green if it returns y, red if not.
-
-  x [K, M, 784], model_digits int [K, M] (the model's own classification of x).
-  """
-  k, columns = x.shape[0], min(columns, x.shape[1])
-  fig, axes = plt.subplots(k, columns, figsize=(columns * 0.9 + 2.2, k * 0.95 + 0.6),
-                           squeeze=False)
-  for row in range(k):
-    for col in range(columns):
-      ax = axes[row, col]
-      pred = int(model_digits[row, col])
-      ax.imshow(x[row, col].reshape(28, 28), cmap="gray_r", vmin=0, vmax=1)
-      ax.set_xticks([])
-      ax.set_yticks([])
-      ax.set_title(f"q→{pred}", fontsize=7, pad=1,
-                   color="green" if pred == row else "red")
-    consistent = float(np.mean(model_digits[row] == row))
-    axes[row, 0].set_ylabel(f"y={row}\n{consistent:.0%} back", rotation=0, ha="right",
-                            va="center", fontsize=8)
-  fig.suptitle(title + "\n(y → x ~ p(x|y,z) → argmax q(y|x))", fontsize=10)
-  _save(fig, path)
-
-
-CURVE_METRICS = (("validation/semantic_mlp_distinct_digits", "distinct digits (MLP evaluator)"),
-                 ("validation/semantic_mlp_heldout_accuracy", "held-out 5-9 accuracy"),
-                 ("validation/semantic_mlp_seen_agreement", "gate: dims 0-4 agreement"))
-
-
-CURVES = (("train/unlabeled_bound", "train: unlabeled bound U(x)"),
-          ("train/labeled_elbo", "train: labeled ELBO"),
-          ("validation/accuracy", "validation accuracy of q(y|x)"),
-          ("train/label_only_estimate", "train: label-only term"),
-          *CURVE_METRICS)
-
-
-def metric_curves(runs: dict[str, list[dict]], path: str, *, keys=CURVES, title: str = ""
-                  ) -> list[str]:
-  """One panel per metric of `keys` that some run logged, one line per run; returns
-  the metrics drawn."""
-  present = [(k, n) for k, n in keys if any(k in r for recs in runs.values() for r in recs)]
-  if not present:
-    return []
-  fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.2), squeeze=False)
-  for ax, (key, name) in zip(axes[0], present):
-    for label, records in runs.items():
-      points = [(r["step"], r[key]) for r in records if key in r]
-      if points:
-        ax.plot(*zip(*points), marker="o", markersize=2, linewidth=1, label=label)
-    ax.set_xlabel("step")
-    ax.set_title(name, fontsize=10)
-    ax.grid(alpha=0.3)
-  if len(runs) <= 12:
-    axes[0][0].legend(fontsize=7)
-  if title:
-    fig.suptitle(title)
-  _save(fig, path)
-  return [k for k, _ in present]
+from untapped_jax.evaluate import figures
 
 
 SEED_DIR = re.compile(r"^seed_(-?\d+)$")
@@ -169,7 +73,7 @@ def write_report(roots, out: str, *, metrics=(), reference: str = "") -> str:
       if os.path.exists(path):
         records[f"seed {seed}"] = [json.loads(l) for l in open(path) if l.strip()]
     figure = f"curves_{i}.png"
-    if records and metric_curves(records, os.path.join(out, figure), title=variant):
+    if records and figures.metric_curves(records, os.path.join(out, figure), title=variant):
       lines += [f"### {variant}", "", f"![{variant}]({figure})", ""]
     grids = [(seed, os.path.join(folder, "samples_grid.png")) for seed, folder in sorted(seeds.items())
              if os.path.exists(os.path.join(folder, "samples_grid.png"))]

@@ -35,11 +35,10 @@ from untapped_jax import metric_writer
 from untapped_jax import models
 from untapped_jax import objective
 from untapped_jax import stats
-from untapped_jax.bounds import m2
-from untapped_jax.bounds import untapped
 from untapped_jax.data import mnist
 from untapped_jax.data import splits as splits_lib
 from untapped_jax.data import streams as streams_lib
+from untapped_jax.evaluate import heldout
 from untapped_jax.evaluate import semantic
 from untapped_jax.evaluate import suite
 
@@ -114,14 +113,14 @@ def binarize_batch(batch, rng, *, mode: str):
 def make_train_step(config, graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
   """train_step(state, batch, numbers, images) -> (state, metrics), jitted.
 
-  state, batch and `numbers` (loss_numbers of each replica) carry a leading replica
+  state, batch and `numbers` (objective.loss_numbers of each replica) carry a leading replica
   axis [S]; the batch holds row indices into `images` (uint8 [N, D], shared by all
   replicas, kept on the device). The step is vmapped over replicas and donates
   its input state, whose buffers it overwrites.
   """
 
   def replica_step(state: TrainState, batch, numbers, images):
-    loss_fn = loss_fn_from_numbers(config, graphdef, numbers)
+    loss_fn = objective.loss_fn_from_numbers(config, graphdef, numbers)
     rng, bin_rng, loss_rng = jax.random.split(state.rng, 3)
     batch = binarize_batch(streams_lib.gather_images(batch, images), bin_rng,
                            mode=config.data.binarization)
@@ -134,155 +133,6 @@ def make_train_step(config, graphdef: nnx.GraphDef, tx: optax.GradientTransforma
                          rng=rng), metrics
 
   return jax.jit(jax.vmap(replica_step, in_axes=(0, 0, 0, None)), donate_argnums=0)
-
-
-def make_eval_batch(graphdef: nnx.GraphDef, *, num_classes: int):
-  """eval_batch(params, x [B, D] binarised, labels [B], rng) -> per-example sums."""
-
-  @jax.jit
-  def eval_batch(params, x, labels, rng):
-    model = nnx.merge(graphdef, params)
-    y = jax.nn.one_hot(labels, num_classes)
-    keys = jax.random.split(rng, (2, len(x)))
-    logits = model.classifier(x)
-    return {
-        "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
-        "labeled_elbo": jnp.sum(jax.vmap(lambda a, b, k: m2.labeled_elbo(model, a, b, k))(
-            x, y, keys[0])),
-        "unlabeled_bound": jnp.sum(jax.vmap(lambda a, k: m2.unlabeled_bound(model, a, k))(
-            x, keys[1])),
-    }
-
-  return eval_batch
-
-
-def evaluate(eval_batch, params, split: splits_lib.Split, *, batch_size: int,
-             binarization: str, seed: int) -> dict[str, float]:
-  """Accuracy of q(y|x) and mean bounds (nats) over `split`, one fixed binarisation."""
-  totals: dict[str, float] = {}
-  rng = jax.random.key(seed)
-  for start in range(0, len(split), batch_size):
-    bin_rng, rng_b = jax.random.split(jax.random.fold_in(rng, start))
-    x = streams_lib.binarize(jnp.asarray(split.images[start:start + batch_size]), bin_rng,
-                             mode=binarization)
-    sums = eval_batch(params, x, jnp.asarray(split.labels[start:start + batch_size]), rng_b)
-    for k, v in jax.device_get(sums).items():
-      totals[k] = totals.get(k, 0.0) + float(v)
-  n = len(split)
-  return {"accuracy": totals.pop("correct") / n, **{k: v / n for k, v in totals.items()}}
-
-
-def prepare(config):
-  """Loads MNIST; returns (the raw arrays, the splits, the streams) of `config`."""
-  data = mnist.load(config.data)
-  splits = splits_lib.make_splits(data, config.data, seed=config.seed)
-  streams = streams_lib.make_streams(splits, config, seed=config.seed)
-  return data, splits, streams
-
-
-STREAM_WEIGHTINGS = ("dataset", "batch_mean")
-LABEL_ONLY_Z = ("prior", "fixed")
-
-
-def stream_weights(config, *, num_labeled: int, num_unlabeled: int, num_label_only: int
-                   ) -> objective.StreamWeights:
-  """The coefficients of the streams' batch means for config.objective.stream_weighting."""
-  o = config.objective
-  label_only_weight = o.label_only_weight if config.model_name == "untapped" else 0.0
-  if o.stream_weighting == "dataset":
-    return objective.StreamWeights.from_sizes(
-        num_labeled=num_labeled, num_unlabeled=num_unlabeled, num_label_only=num_label_only,
-        classification_weight=o.classification_weight, label_only_weight=label_only_weight)
-  if o.stream_weighting == "batch_mean":
-    return objective.StreamWeights.from_batch_means(
-        labeled=o.labeled_weight, unlabeled=o.unlabeled_weight,
-        classification=o.classification_weight, label_only=label_only_weight)
-  raise ValueError(f"objective.stream_weighting={o.stream_weighting!r}; "
-                   f"expected one of {STREAM_WEIGHTINGS}.")
-
-
-def fixed_label_only_z(config, *, seed: int) -> np.ndarray | None:
-  """objective.label_only_z='fixed': z [K, S, Z] drawn once from p(z) with `seed`."""
-  mode = config.objective.label_only_z
-  if mode not in LABEL_ONLY_Z:
-    raise ValueError(f"objective.label_only_z={mode!r}; expected one of {LABEL_ONLY_Z}.")
-  if mode == "prior":
-    return None
-  shape = (config.model.num_classes, config.objective.label_only_num_samples,
-           config.model.latent_dim)
-  return np.asarray(jax.random.normal(jax.random.key(seed + 11), shape))
-
-
-def uses_label_only(config) -> bool:
-  return config.model_name == "untapped" and config.objective.label_only_weight != 0
-
-
-def loss_numbers(config, *, num_labeled: int, num_unlabeled: int, num_label_only: int,
-                 pixel_probs: np.ndarray | None) -> dict[str, Any]:
-  """The numbers of a replica's loss: what may differ between replicas of a population.
-
-  A pytree of float32 scalars and arrays (None where unused); loss_fn_from_numbers
-  turns it into the loss, and the population step vmaps over a stack of them.
-  """
-  name = config.model_name
-  if name not in objective.MODEL_NAMES:
-    raise ValueError(f"model_name={name!r}; expected one of {objective.MODEL_NAMES}.")
-  o = config.objective
-  weights = stream_weights(config, num_labeled=num_labeled, num_unlabeled=num_unlabeled,
-                           num_label_only=num_label_only)
-  f32 = lambda v: None if v is None else np.asarray(v, np.float32)
-  numbers = {
-      "weights": jax.tree.map(f32, weights),
-      "classification_temperature": f32(o.classification_temperature),
-      "label_smoothing": f32(o.label_smoothing),
-      "relaxed_temperature": f32(o.relaxed_temperature),
-      "pixel_probs": None, "fixed_z": None}
-  if uses_label_only(config):
-    numbers["pixel_probs"] = f32(pixel_probs)
-    numbers["fixed_z"] = f32(fixed_label_only_z(config, seed=config.seed))
-    # Checks the label-only settings with concrete values, before anything is traced.
-    objective.LabelOnlySettings.from_config(o, pixel_probs=pixel_probs)
-  return numbers
-
-
-def loss_fn_from_numbers(config, graphdef, numbers: dict[str, Any]) -> objective.LossFn:
-  """The loss of `config.model_name` with the (possibly traced) `numbers`.
-
-  What changes code paths comes from `config` and is shared by a population:
-  whether the label-only term is on, and whether the classification term is scored
-  against a Concrete sample (classification_temperature > 0).
-  """
-  o = config.objective
-  label_only = None
-  if uses_label_only(config):
-    label_only = dataclasses.replace(
-        objective.LabelOnlySettings.from_config(o, pixel_probs=numbers["pixel_probs"],
-                                                fixed_z=numbers["fixed_z"]),
-        label_smoothing=numbers["label_smoothing"],
-        temperature=numbers["relaxed_temperature"])
-  temperature = numbers["classification_temperature"] if o.classification_temperature > 0 else 0.0
-  return objective.make_loss_fn(graphdef, numbers["weights"], num_samples=o.num_samples,
-                                label_only=label_only,
-                                classification_temperature=temperature)
-
-
-def build_loss_fn(config, graphdef, *, num_labeled: int, num_unlabeled: int,
-                  num_label_only: int, pixel_probs: np.ndarray | None) -> objective.LossFn:
-  """The loss of `config.model_name` for splits of the given sizes (one replica)."""
-  return loss_fn_from_numbers(config, graphdef, loss_numbers(
-      config, num_labeled=num_labeled, num_unlabeled=num_unlabeled,
-      num_label_only=num_label_only, pixel_probs=pixel_probs))
-
-
-def numbers_for_splits(config, splits) -> dict[str, Any]:
-  return loss_numbers(config, num_labeled=len(splits.labeled),
-                      num_unlabeled=len(splits.unlabeled),
-                      num_label_only=len(splits.label_only),
-                      pixel_probs=untapped.fit_pixel_bernoulli(splits.train_images))
-
-
-def loss_fn_for_splits(config, graphdef, splits) -> objective.LossFn:
-  return loss_fn_from_numbers(config, graphdef, numbers_for_splits(config, splits))
 
 
 SELECT_BY = ("validation_accuracy", "final")
@@ -320,7 +170,7 @@ def validate(config) -> None:
                      f"a multiple of train.log_every={log_every}, so that a resumed run "
                      "restarts at a logged step and logs the same numbers.")
   make_optimizer(config.train)
-  loss_numbers(config, num_labeled=1, num_unlabeled=1, num_label_only=1,
+  objective.loss_numbers(config, num_labeled=1, num_unlabeled=1, num_label_only=1,
                pixel_probs=np.full(config.model.num_pixels, 0.5, np.float32))
 
 
@@ -379,7 +229,7 @@ def population_signature(config) -> str:
   plus the code paths some of those keys switch (a zero label-only weight skips the
   term; a zero classification temperature scores q(y|x) itself)."""
   flat = {k: v for k, v in _flatten(config.to_dict()).items() if k not in POPULATION_KEYS}
-  flat["_label_only_on"] = uses_label_only(config)
+  flat["_label_only_on"] = objective.uses_label_only(config)
   flat["_concrete_classification"] = config.objective.classification_temperature > 0
   return json.dumps(flat, sort_keys=True, default=str)
 
@@ -533,18 +383,18 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
     if not eval_only and os.path.exists(stale) and files.is_writer():
       os.remove(stale)  # another config's results, about to be replaced
   placement = Placement.for_population(len(replicas))
-  numbers = placement.per_replica(stack([numbers_for_splits(r.config, r.splits)
+  numbers = placement.per_replica(stack([objective.numbers_for_splits(r.config, r.splits)
                                          for r in replicas]))
   created = [create_train_state(c, seed=c.seed) for c in configs]
   graphdef, tx = created[0][:2]
   state = placement.per_replica(stack([s for _, _, s in created]))
   train_step = make_train_step(config, graphdef, tx)
   images = placement.replicated(data["train_images"])
-  eval_batch = make_eval_batch(graphdef, num_classes=config.model.num_classes)
 
   def evaluate_on(r: Replica, params, split):
-    return evaluate(eval_batch, params, split, batch_size=config.train.eval_batch_size,
-                    binarization=config.data.binarization, seed=r.config.seed)
+    return heldout.evaluate(graphdef, params, split, num_classes=config.model.num_classes,
+                            batch_size=config.train.eval_batch_size,
+                            binarization=config.data.binarization, seed=r.config.seed)
 
   best = {"params": jax.tree.map(jnp.copy, state.params),
           "accuracy": jnp.full(len(replicas), -1.0), "step": jnp.zeros(len(replicas), jnp.int32)}

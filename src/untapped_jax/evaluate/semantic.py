@@ -22,6 +22,7 @@ import optax
 import scipy.optimize
 
 from untapped_jax import files
+from untapped_jax.data import streams as streams_lib
 
 NUM_DIGITS = 10
 # Part of the evaluator cache key: change it whenever train_evaluator's recipe changes.
@@ -87,7 +88,7 @@ def train_evaluator(images: np.ndarray, labels: np.ndarray, *, kind: str = "logr
 
   @jax.jit
   def step(params, opt_state, x_uint8, y, rng):
-    x = jax.random.bernoulli(rng, x_uint8.astype(jnp.float32) / 255.0).astype(jnp.float32)
+    x = streams_lib.binarize(x_uint8, rng, mode="dynamic")
 
     def loss_fn(p):
       ce = optax.softmax_cross_entropy_with_integer_labels(evaluator_logits(p, x), y)
@@ -111,8 +112,8 @@ def train_evaluator(images: np.ndarray, labels: np.ndarray, *, kind: str = "logr
 def evaluator_accuracy(params, images: np.ndarray, labels: np.ndarray, *, seed: int = 0
                        ) -> float:
   """Accuracy on binarised uint8 images (one fixed Bernoulli draw)."""
-  x = jax.random.bernoulli(jax.random.key(seed), jnp.asarray(images) / 255.0)
-  pred = jnp.argmax(evaluator_logits(params, x.astype(jnp.float32)), -1)
+  x = streams_lib.binarize(jnp.asarray(images), jax.random.key(seed), mode="dynamic")
+  pred = jnp.argmax(evaluator_logits(params, x), -1)
   return float(jnp.mean(pred == jnp.asarray(labels)))
 
 

@@ -11,9 +11,9 @@ import numpy as np
 
 from untapped_jax import files
 from untapped_jax import objective
-from untapped_jax import report
 from untapped_jax.bounds import untapped
 from untapped_jax.data import streams as streams_lib
+from untapped_jax.evaluate import figures
 from untapped_jax.evaluate import likelihood
 from untapped_jax.evaluate import semantic
 
@@ -60,10 +60,10 @@ def evaluate_run(config, workdir: str, *, graphdef, params, splits, mnist) -> di
   with files.atomic_path(os.path.join(workdir, "samples.npz")) as tmp:
     np.savez_compressed(tmp, **arrays)
   name = f"{config.model_name} (seed {config.seed})"
-  report.sample_grid(arrays["x_mean"], results["majority_digits"],
+  figures.sample_grid(arrays["x_mean"], results["majority_digits"],
                      results["duplicated_digits"], os.path.join(workdir, "samples_grid.png"),
                      title=f"{name}: {results['distinct_digits']} distinct digits")
-  report.inconsistency_figure(arrays["x"], arrays["model_digits"],
+  figures.inconsistency_figure(arrays["x"], arrays["model_digits"],
                               os.path.join(workdir, "inconsistency.png"),
                               title=f"{name}: self-consistency "
                                     f"{results['self_consistency']:.0%}")
