@@ -181,6 +181,7 @@ def test_labeled_elbo_draws_standard_normal_noise_from_rng(model, ref):
   np.testing.assert_allclose(float(got), ref.labeled_elbo(x, y, eps), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_samples", [1, 3])
 def test_unlabeled_bound_matches_numpy_sum_over_labels(model, ref, num_samples):
   xs = _x_batch(3, seed=8)
@@ -350,6 +351,7 @@ def test_bounds_are_exact_where_the_posterior_is_known():
 # 5. vmap == loop, jit == eager
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_vmap_over_batch_equals_python_loop(model):
   xs = jnp.asarray(_x_batch(5, seed=12))
   ys = jnp.eye(K, dtype=jnp.float32)[jnp.array([0, 1, 2, 1, 0])]
@@ -381,6 +383,7 @@ def test_vmap_over_batch_equals_python_loop(model):
                                rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.slow
 def test_jit_equals_eager(model):
   graphdef, params = nnx.split(model)
   x, y = jnp.asarray(_x_batch(1, seed=13)[0]), jnp.eye(K, dtype=jnp.float32)[2]
@@ -402,6 +405,7 @@ def test_jit_equals_eager(model):
 # 6. Gradients against central finite differences (float64)
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_unlabeled_bound_gradient_matches_finite_differences():
   model = _perturbed_model(2)
   graphdef, params32 = nnx.split(model, nnx.Param)

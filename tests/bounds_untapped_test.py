@@ -138,6 +138,7 @@ def small_model():
   return _model(0, out_scale=0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prior", ["uniform", "pixel_bernoulli"])
 def test_bound_below_exact_log_q_y_and_matches_quadrature(small_model, prior):
   ref = NumpyM2(small_model, ACTIVATION)
@@ -282,6 +283,7 @@ def _exact_gap_z_free(ref: NumpyM2, np_log_prior_x) -> np.ndarray:
   return np.array(out)
 
 
+@pytest.mark.slow
 def test_gap_small_when_decoder_classifier_encoder_and_prior_agree():
   agree = _agreeing_model()
   ref = NumpyM2(agree, ACTIVATION)
@@ -314,6 +316,7 @@ def test_gap_small_when_decoder_classifier_encoder_and_prior_agree():
                              atol=5 * np.max(unif_ses) + 2e-4)
 
 
+@pytest.mark.slow
 def test_gap_grows_by_kl_of_encoder_from_prior():
   # With the decoder ignoring z and q(z|x,y) = N(m, diag exp(v)) for every x, y,
   # the gap increases by exactly KL(N(0, I) || N(m, exp(v))) over the agreeing model.
@@ -363,6 +366,7 @@ def _np_integrand(ref: NumpyM2, y, z, x, log_qx, smoothing=1.0) -> float:
   return log_qx + log_qy + log_qz - log_pz - log_px
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prior,smoothing", [("pixel_bernoulli", 1.0), ("uniform", 1.0),
                                              ("model", 0.8)])
 def test_integrand_term_by_term(small_model, prior, smoothing):
@@ -572,6 +576,7 @@ def test_stream_weights_from_sizes():
                                        classification_weight=0.1, label_only_weight=1.0)
 
 
+@pytest.mark.slow
 def test_lambda_zero_is_m2_exactly_and_lambda_adds_label_only_mean():
   model = _model(1)
   graphdef, params = nnx.split(model)
@@ -652,6 +657,7 @@ def test_label_only_settings_validation():
 # 7. The 'model' image prior and its stop-gradient.
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_model_prior_stop_gradient_equals_frozen_copy():
   model = _model(2)
   graphdef, params = nnx.split(model)

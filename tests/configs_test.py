@@ -211,6 +211,7 @@ def test_command_line_trains_and_writes_results(tmp_path, cli_env):
   assert not (tmp_path / "evaluator_cache").exists()
 
 
+@pytest.mark.slow
 def test_command_line_rejects_unknown_config_key(tmp_path, cli_env):
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "untapped_jax",
@@ -223,6 +224,7 @@ def test_command_line_rejects_unknown_config_key(tmp_path, cli_env):
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_command_line_rejects_bad_config_arg(tmp_path, cli_env):
   cmd = [sys.executable, "-m", "untapped_jax",
          "--config", "experiments/configs/m2_benchmark.py:labels=123",

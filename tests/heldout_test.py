@@ -57,6 +57,7 @@ def reference_bounds(model, activation, x, labels, rs):
   return labeled, unlabeled, log_q
 
 
+@pytest.mark.slow
 def test_accuracy_and_bounds_match_the_numpy_reference(setup):
   config, model, _, _, split = setup
   result = run(setup)
@@ -73,6 +74,7 @@ def test_accuracy_and_bounds_match_the_numpy_reference(setup):
     assert abs(result[name] - draws.mean()) < 4 * se, (name, result[name], draws.mean(), se)
 
 
+@pytest.mark.slow
 def test_evaluation_is_repeatable_and_accuracy_ignores_batching(setup):
   a, b = run(setup), run(setup)
   assert a == b

@@ -23,12 +23,21 @@ FLAGS = {
     "train.num_steps": NUM_STEPS, "train.log_every": 20, "train.eval_every": 100,
     "train.checkpoint_every": 40, "train.progress_bar": False, "train.tensorboard": False,
 }
-COMPARED = ("metrics.jsonl", "results.json", "config.json")
+PER_RUN = ("metrics.jsonl", "results.json", "config.json")
 
 
-def command(workdir):
+def command(workdir, num_seeds):
   return ([sys.executable, "-m", "untapped_jax.main", f"--workdir={workdir}",
-           f"--config.data.dir={DATA_DIR}"] + [f"--config.{k}={v}" for k, v in FLAGS.items()])
+           f"--config.data.dir={DATA_DIR}", f"--config.num_seeds={num_seeds}"]
+          + [f"--config.{k}={v}" for k, v in FLAGS.items()])
+
+
+def compared(num_seeds):
+  """The files that must match byte for byte: each seed's, and a population's summary."""
+  if num_seeds == 1:
+    return list(PER_RUN)
+  return ([os.path.join(f"seed_{s}", n) for s in range(num_seeds) for n in PER_RUN]
+          + ["summary.json", "summary.md"])
 
 
 def environment(tmp_path):
@@ -49,16 +58,21 @@ def checkpoint_in_flight(workdir):
   return folder.exists() and any("tmp" in n for n in os.listdir(folder))
 
 
+def run_dir(workdir):
+  """The folder of seed 0's files: the workdir itself, or seed_0/ in a population."""
+  return workdir / "seed_0" if (workdir / "seed_0").exists() else workdir
+
+
 def metric_lines(workdir):
-  path = workdir / "metrics.jsonl"
+  path = run_dir(workdir) / "metrics.jsonl"
   return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def run_and_kill(workdir, env, until, timeout=300):
+def run_and_kill(workdir, num_seeds, env, until, timeout=300):
   """Starts the run, SIGKILLs it as soon as `until(workdir)` holds; returns True if the
   process was killed (False if it ended first)."""
   log = open(f"{workdir}.{until.__name__}.log", "w")  # a file: a full pipe would block it
-  process = subprocess.Popen(command(workdir), env=env, stdout=log, stderr=log)
+  process = subprocess.Popen(command(workdir, num_seeds), env=env, stdout=log, stderr=log)
   deadline = time.time() + timeout
   while process.poll() is None and time.time() < deadline:
     if until(workdir):
@@ -73,16 +87,18 @@ def run_and_kill(workdir, env, until, timeout=300):
   return False
 
 
-def run_to_end(workdir, env):
-  result = subprocess.run(command(workdir), env=env, capture_output=True, timeout=600)
+def run_to_end(workdir, num_seeds, env):
+  result = subprocess.run(command(workdir, num_seeds), env=env, capture_output=True,
+                          timeout=600)
   assert result.returncode == 0, result.stderr.decode()[-3000:]
   return result.stderr.decode()
 
 
-def test_killed_runs_resume_to_the_same_bytes(tmp_path):
+@pytest.mark.parametrize("num_seeds", [1, 2])  # a run, and a population of two seeds
+def test_killed_runs_resume_to_the_same_bytes(tmp_path, num_seeds):
   env = environment(tmp_path)
   reference, killed = tmp_path / "reference", tmp_path / "killed"
-  run_to_end(reference, env)
+  run_to_end(reference, num_seeds, env)
 
   def mid_training(w):  # the first log line, before any checkpoint beyond step 40
     return metric_lines(w) >= 1
@@ -94,22 +110,24 @@ def test_killed_runs_resume_to_the_same_bytes(tmp_path):
     return metric_lines(w) >= 10 and not checkpoint_in_flight(w)
 
   def mid_final_evaluation(w):  # training ended (timing.json), results.json not yet
-    return (w / "timing.json").exists() and not (w / "results.json").exists()
+    return (run_dir(w) / "timing.json").exists() and not (run_dir(w) / "results.json").exists()
 
   kills = [mid_training, mid_checkpoint, mid_validation, mid_final_evaluation]
-  killed_at = [until.__name__ for until in kills if run_and_kill(killed, env, until)]
+  killed_at = [until.__name__ for until in kills
+               if run_and_kill(killed, num_seeds, env, until)]
   assert len(killed_at) >= 3, killed_at  # the run was really killed, several times
-  assert not (killed / "results.json").exists()
-  log = run_to_end(killed, env)
+  assert not (run_dir(killed) / "results.json").exists()
+  log = run_to_end(killed, num_seeds, env)
   assert "resumed from step" in log
-  for name in COMPARED:
+  names = compared(num_seeds)
+  for name in names:
     assert (killed / name).read_bytes() == (reference / name).read_bytes(), name
   assert committed_steps(killed)[-1] == NUM_STEPS
   # A rerun of the finished run trains nothing and changes no byte.
-  before = {n: (killed / n).read_bytes() for n in COMPARED}
-  log = run_to_end(killed, env)
-  assert "not training again" in log
-  assert {n: (killed / n).read_bytes() for n in COMPARED} == before
-  leftovers = ([n for n in os.listdir(killed) if ".tmp" in n]
+  before = {n: (killed / n).read_bytes() for n in names}
+  log = run_to_end(killed, num_seeds, env)
+  assert "resumed from step" not in log
+  assert {n: (killed / n).read_bytes() for n in names} == before
+  leftovers = ([n for n in os.listdir(run_dir(killed)) if ".tmp" in n]
                + [n for n in os.listdir(killed / "checkpoints") if "tmp" in n])
   assert not leftovers, leftovers

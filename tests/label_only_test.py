@@ -288,6 +288,7 @@ def _mixture_mean_and_se(probs, values, num):
   return means.mean(0), np.sqrt(variances.sum(0) / (g * num))
 
 
+@pytest.mark.slow
 def test_sleep_objective_value_and_gradients_match_enumeration():
   model = _model(1)
   graphdef, params = nnx.split(model)
@@ -460,6 +461,7 @@ def test_label_only_bound_at_fixed_z_matches_enumeration(z_ignored):
                                terms["bound"][c], rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_label_only_log_terms_rejects_z_of_wrong_shape():
   model = _model(0)
   y = jnp.asarray(EYE[0], jnp.float32)
@@ -497,6 +499,7 @@ def test_consistency_surrogate_value_and_gradients():
     untapped.consistency_surrogate(jnp.zeros(1), jnp.zeros(1))
 
 
+@pytest.mark.slow
 def test_consistency_draw_is_one_enumerated_image():
   model = _model(3)
   ref = NumpyM2(model, ACTIVATION)
@@ -534,6 +537,7 @@ Y_BATCH = EYE[[0, 1, 2, 1]]  # L = 4 label-only examples
 FIXED_Z = np.array([[[0.6]], [[-1.1]], [[0.3]]], np.float32)  # [K, S=1, Z]
 
 
+@pytest.mark.slow
 def test_consistency_gradient_is_unbiased_for_decoder_and_zero_elsewhere():
   model = _model(4)
   last = model.classifier.net.layers[-1]
@@ -593,6 +597,7 @@ def _batch(seed=0, nl=5, nu=4, nlo=6):
           "label_only": {"y": jnp.asarray(np.eye(K)[rs.randint(0, K, nlo)], jnp.float32)}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,smoothing", [("class_balance", 1.0),
                                             ("batch_posterior", 0.9)])
 def test_batch_level_label_only_terms_in_the_loss(name, smoothing):

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 from jax import test_util as jtu
 import numpy as np
+import pytest
 
 from untapped_jax import models
 from untapped_jax.bounds import m2
@@ -26,6 +27,7 @@ def test_softplus_derivative_is_the_sigmoid():
   np.testing.assert_allclose(np.asarray(grad, np.float64), expected, rtol=1e-6, atol=1e-30)
 
 
+@pytest.mark.slow
 def test_softplus_second_order_gradients():
   jtu.check_grads(models.softplus, (jnp.asarray([-3.0, -0.5, 0.25, 2.0]),), order=2,
                   modes=("fwd", "rev"))

@@ -206,6 +206,7 @@ def _looped_terms(s, rng):
   return elbo, log_q, bound
 
 
+@pytest.mark.slow
 def test_batch_terms_match_per_example_loop(setup):
   s = setup
   rng = jax.random.key(3)
@@ -225,6 +226,7 @@ def _expected_loss(s, elbo, log_q, bound):
   return -(n_l * np.mean(elbo + alpha * log_q) + n_u * np.mean(bound)) / n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_loss_is_minus_weighted_per_example_terms(setup, seed):
   s = setup
@@ -247,6 +249,7 @@ def test_loss_is_minus_weighted_per_example_terms(setup, seed):
   np.testing.assert_allclose(float(metrics["objective"]), -float(loss), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_loss_weighting_from_metrics_and_gradient_is_finite(setup):
   """Independent of how the rng is split: loss = -(w_l (mean L + alpha mean log q) + w_u mean U)."""
   s = setup
@@ -272,6 +275,7 @@ def test_loss_depends_on_rng_only_through_the_noise(setup):
   assert float(m1["labeled_elbo"]) != float(m2_["labeled_elbo"])
 
 
+@pytest.mark.slow
 def test_m2_loss_ignores_label_only_settings_when_lambda_is_zero(setup):
   if not hasattr(objective, "LabelOnlySettings"):
     pytest.skip("no label-only path in this version")
@@ -300,6 +304,7 @@ def _all_batches(xl, yl, xu):
       yield _batch(xl[list(il)], yl[list(il)], xu[list(iu)])
 
 
+@pytest.mark.slow
 def test_batch_loss_is_unbiased_for_full_data_objective_noise_free():
   """Exact: with p(x|y,z) independent of z the terms are deterministic, and the mean
   of the loss over all C(4,2) x C(5,3) batches must equal -J (closed form in NumPy)."""
@@ -321,6 +326,7 @@ def test_batch_loss_is_unbiased_for_full_data_objective_noise_free():
   np.testing.assert_allclose(float(full), want, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_batch_loss_is_unbiased_over_batches_and_noise():
   """Statistical: with the z-noise on, E over batches and rngs of the loss is -J with
   the expectations E[L], E[U] computed by quadrature in NumPy."""

@@ -362,6 +362,7 @@ def test_authors_protocol_random_against_reference(seed):
 # ----------------------------------------------------------------------------- authors_images
 
 
+@pytest.mark.slow
 def test_authors_images_constant_encoder_and_label_only_decoder():
   # Encoder mean = c whatever the input; decoder h = relu(e_k), logits = table[k].
   d, k, z_dim = 12, 4, 3
@@ -393,6 +394,7 @@ def np_authors_images(model, x, y):
   return np_mlp(np_layers(model.decoder.net), dec_in, "softplus"), z_bar
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_authors_images_use_the_mean_encoder_output(seed):
   # A random model whose decoder depends strongly on z: the images are the decoder

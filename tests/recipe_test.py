@@ -321,6 +321,7 @@ def test_fixed_label_only_z():
 # ----------------------------------------------------------------------------- init
 
 
+@pytest.mark.slow
 def test_normal_kernel_init_on_a_full_size_model():
   c = poster.get_config("recipe=authors").model
   model = models.build(c, seed=0)

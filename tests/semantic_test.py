@@ -249,6 +249,7 @@ def numpy_evaluator_accuracy(params, images, labels, seed):
   return float(np.mean(pred == labels)), x
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_evaluator_reaches_90_percent_on_mnist_test(evaluator, mnist_data):
   params, reported = evaluator
@@ -264,6 +265,7 @@ def test_evaluator_reaches_90_percent_on_mnist_test(evaluator, mnist_data):
   assert np.mean(pred == mnist_data["test_labels"]) >= 0.88
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_evaluator_is_cached_and_not_retrained(evaluator, mnist_data, evaluator_cache_dir,
                                                 monkeypatch):
@@ -323,6 +325,7 @@ def test_evaluator_cache_is_keyed_by_training_data(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- generation
 
 
+@pytest.mark.slow
 def test_generate_rows_come_from_their_own_label():
   # Decoder: relu(W0 [y; z]) with W0 = [I; 0] gives h = e_k, and the second layer
   # maps e_k to the logits table L[k]: p(x|e_k, z) = sigmoid(L[k]) whatever z is.
@@ -355,6 +358,7 @@ def test_generate_rows_come_from_their_own_label():
   assert not np.array_equal(x, x3)
 
 
+@pytest.mark.slow
 def test_generate_random_model_shapes_and_z_dependence():
   model = M2(num_pixels=784, num_classes=10, latent_dim=5, hidden=(16,), rngs=nnx.Rngs(3))
   graphdef, params = nnx.split(model)
@@ -369,6 +373,7 @@ def test_generate_random_model_shapes_and_z_dependence():
 # ----------------------------------------------------------------------------- report
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_semantic_report_with_a_hand_built_model(evaluator, mnist_data):
   # A model whose decoder draws digit perm[k] for y = e_k (pixel probabilities =
@@ -444,6 +449,7 @@ def test_semantic_report_with_a_hand_built_model(evaluator, mnist_data):
 # ----------------------------------------------------------------------------- likelihood
 
 
+@pytest.mark.slow
 def test_label_only_report_against_exact_enumeration():
   # A tiny model where both figures have closed forms over all 2^6 images: the
   # encoder outputs mean 0, log-variance 0 (q(z|x,y) = p(z)) and the decoder ignores
@@ -513,6 +519,7 @@ def test_label_only_report_against_exact_enumeration():
       weights @ (exact_log_q - exact_bound), abs=5 * float(weights @ (se_bound + se_log_q)))
 
 
+@pytest.mark.slow
 def test_label_only_report_random_model_uniform_prior():
   k = 4
   model = M2(num_pixels=6, num_classes=k, latent_dim=2, hidden=(5,), rngs=nnx.Rngs(9))

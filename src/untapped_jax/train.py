@@ -69,9 +69,10 @@ def create_train_state(config, *, seed: int):
   return graphdef, tx, state
 
 
-def stack(trees: Sequence[Any]) -> Any:
-  """[tree, ...] -> one tree with a leading replica axis on every leaf."""
-  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+def stack(trees: Sequence[Any], *, xp=jnp) -> Any:
+  """[tree, ...] -> one tree with a leading replica axis on every leaf (xp=np keeps
+  host data on the host)."""
+  return jax.tree.map(lambda *leaves: xp.stack(leaves), *trees)
 
 
 def unstack(tree: Any, index: int) -> Any:
@@ -145,12 +146,9 @@ POSITIVE_INTS = ("num_seeds", "data.labeled_batch_size", "data.unlabeled_batch_s
 def validate(config) -> None:
   """Every check of `config` that needs no data, run at start-up before MNIST is loaded:
   each failure is a ValueError naming the key, the value and what is accepted."""
+  flat = _flatten(config.to_dict())
   for key in POSITIVE_INTS:
-    *parents, leaf = key.split(".")
-    value = config
-    for name in parents:
-      value = value[name]
-    value = value[leaf]
+    value = flat[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f"{key}={value!r}; expected a positive integer.")
   if config.train.select_by not in SELECT_BY:
@@ -269,7 +267,7 @@ class Population:
 
 
 def _population_batch(replicas: Sequence[Replica], step: int):
-  return stack_numpy([streams_lib.batch_at(r.streams, step) for r in replicas])
+  return stack([streams_lib.batch_at(r.streams, step) for r in replicas], xp=np)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,10 +311,6 @@ class Placement:
     n = 1 if self.mesh is None else self.mesh.size
     return self._put(tree, lambda a: P("devices") if self.by_replica else (
         P(None, "devices") if a.shape[1] % n == 0 else P()))
-
-
-def stack_numpy(trees):
-  return jax.tree.map(lambda *leaves: np.stack(leaves), *trees)
 
 
 def _checkpoint_manager(checkpoint_dir: str) -> ocp.CheckpointManager:
@@ -537,7 +531,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                               checkpoint_dir=os.path.join(workdir, "checkpoints")).results[0]
     if is_finished(config, workdir):
       logging.info("%s holds a finished run of this config; not training again.", workdir)
-      return metric_writer.read_results(workdir)
+      with open(os.path.join(workdir, "results.json")) as f:
+        return json.load(f)
     return train_population([config], [workdir],
                             checkpoint_dir=os.path.join(workdir, "checkpoints")).results[0]
   configs = replica_configs(config)
@@ -548,8 +543,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     train_population([configs[i] for i in todo], [workdirs[i] for i in todo],
                      checkpoint_dir=os.path.join(workdir, "checkpoints"), eval_only=eval_only)
   per_seed = {}
-  for c, w in zip(configs, workdirs):
-    per_seed[c.seed] = metric_writer.read_results(w)
+  for c, w in zip(configs, workdirs):  # results.json only: no clock times in the summary
+    with open(os.path.join(w, "results.json")) as f:
+      per_seed[c.seed] = json.load(f)
   return write_summary(workdir, per_seed)
 
 
@@ -633,7 +629,7 @@ def _train_loop(config, replicas, state, best, *, train_step, numbers, images, m
       logging.info("train.time_limit_s=%s reached at step %d", time_limit, done)
       num_steps = done  # end here as if configured so: log, evaluate, checkpoint
     if done % config.train.log_every == 0 or done == num_steps:
-      window = stack_numpy(jax.device_get(history))  # name -> [steps, S]
+      window = stack(jax.device_get(history), xp=np)  # name -> [steps, S]
       _check_finite(window, first_step=done - len(history) + 1, replicas=replicas,
                     manager=manager)
       means = {k: np.mean(v, axis=0) for k, v in window.items()}
