@@ -564,18 +564,6 @@ def _batch(seed=0, nl=5, nu=4, nlo=6):
           "label_only": {"y": jnp.asarray(np.eye(K)[rs.randint(0, K, nlo)], jnp.float32)}}
 
 
-def test_stream_weights_from_sizes():
-  w = objective.StreamWeights.from_sizes(num_labeled=100, num_unlabeled=300,
-                                         num_label_only=1000, classification_weight=0.1,
-                                         label_only_weight=0.5)
-  assert w.labeled == pytest.approx(0.25) and w.unlabeled == pytest.approx(0.75)
-  assert w.label_only == pytest.approx(0.5 * 1000 / 400)
-  assert w.classification == pytest.approx(0.1 * 400 / 100)
-  with pytest.raises(ValueError):
-    objective.StreamWeights.from_sizes(num_labeled=0, num_unlabeled=3, num_label_only=1,
-                                       classification_weight=0.1, label_only_weight=1.0)
-
-
 @pytest.mark.slow
 def test_lambda_zero_is_m2_exactly_and_lambda_adds_label_only_mean():
   model = _model(1)

