@@ -13,6 +13,7 @@ import ml_collections
 import pytest
 
 from untapped_jax import configs
+from untapped_jax import sweep
 from untapped_jax.configs import default
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -141,24 +142,13 @@ def test_configs_are_config_dicts_with_default_keys():
       assert set(c[section].keys()) == set(base[section].keys()), section
 
 
-def test_sweeps():
-  class Hyper:  # the big_vision-style 'hyper' interface the configs expect
-    @staticmethod
-    def sweep(key, values):
-      return [{key: v} for v in values]
-
-    @staticmethod
-    def product(sweeps):
-      out = [{}]
-      for s in sweeps:
-        out = [dict(a, **b) for a in out for b in s]
-      return out
-
-  points = poster.get_hyper(Hyper)
-  assert len(points) == 20
-  assert {(p["config.seed"], p["config.model_name"]) for p in points} == {
-      (s, m) for s in range(10) for m in ("m2", "untapped")}
-  assert [p["config.data.labeled_per_class"] for p in m2_benchmark.get_hyper(Hyper)] == [
+def test_m2_benchmark_sweep():
+  # poster.py's sweeps are tested in sweep_test.py.
+  points = sweep.load_points(str(CONFIG_DIR / "m2_benchmark.py"))
+  assert [p["config.data.labeled_per_class"] for p in points] == [10, 60, 100, 300]
+  # Every point applies to the benchmark's config (apply_point rejects unknown keys).
+  base = m2_benchmark.get_config()
+  assert [sweep.apply_point(base, p).data.labeled_per_class for p in points] == [
       10, 60, 100, 300]
 
 

@@ -28,8 +28,7 @@ from untapped_jax.configs import default
 from untapped_jax.data import mnist as mnist_lib
 from untapped_jax.data import splits as splits_lib
 
-from numpy_reference import np_layers
-from numpy_reference import np_mlp
+from numpy_reference import NumpyM2
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 POSTER = REPO / "experiments" / "configs" / "poster.py"
@@ -102,7 +101,7 @@ def test_authors_recipe_overrides(arg, key, value):
 @pytest.mark.parametrize("arg,named", [
     ("recipe=foo", "recipe='foo'"), ("recipe=authors,per_class=0", "per_class=0"),
     ("per_class=-2", "per_class=-2"), ("recipe=authors,batch=-1", "batch=-1"),
-    ("steps=-5", "steps=-5"), ("model=x", "model='x'"), ("batch=1.5", "batch=1.5"),
+    ("steps=-5", "steps=-5"), ("batch=1.5", "batch=1.5"),
 ])
 def test_bad_values_are_named(arg, named):
   with pytest.raises(ValueError) as e:
@@ -172,6 +171,8 @@ def test_unlabeled_includes_labeled(unlabeled_classes):
 
 @pytest.mark.parametrize("cap", [1, 37, 200])
 def test_max_unlabeled_caps_the_overlapping_pool_in_seeded_order(cap):
+  # data_test covers caps of the disjoint pool; this is the pool that includes the
+  # labeled images (the authors' split).
   data = synthetic(2)
   config = data_config(labeled_per_class=-1, unlabeled_includes_labeled=True,
                        max_unlabeled=cap)
@@ -250,14 +251,6 @@ def test_make_optimizer_first_update_by_hand(g, v):
   expected = hand_update(GRAD, g, v, lr=1e-3, eps=1e-4)
   for k in GRAD:
     np.testing.assert_allclose(np.asarray(updates[k]), expected[k], rtol=1e-5, atol=1e-12)
-
-
-def test_clipping_order_matters_for_the_hand_gradient():
-  # Norm first (||GRAD|| = 10 -> halve), then clip: a[1, 0] = 0.001; clipping first
-  # would leave it 0.002. The two give different Adam updates at eps = 1e-4.
-  norm_first = hand_update(GRAD, 5.0, 1.0, 1e-3, 1e-4)["a"][1, 0]
-  assert norm_first == pytest.approx(-1e-3 * 0.001 / 0.0011)
-  assert norm_first != pytest.approx(-1e-3 * 0.002 / 0.0021, rel=1e-3)
 
 
 @pytest.mark.parametrize("key", ["clip_global_norm", "clip_value"])
@@ -350,10 +343,10 @@ def test_unknown_kernel_init_is_named(name):
 
 @pytest.fixture(scope="module")
 def tiny_classifier():
-  model = models.M2(num_pixels=5, num_classes=4, latent_dim=2, hidden=(6,), rngs=nnx.Rngs(2))
+  model = models.M2(num_pixels=5, num_classes=4, latent_dim=2, hidden=(6,),
+                    activation="softplus", rngs=nnx.Rngs(2))
   x = (np.random.default_rng(0).random((3, 5)) < 0.5).astype(np.float32)
-  logits = np_mlp(np_layers(model.classifier.net), x.astype(np.float64), "softplus")
-  return model, x, logits - np.logaddexp.reduce(logits, 1, keepdims=True)
+  return model, x, NumpyM2(model, "softplus").log_q_y_given_x(x)
 
 
 def np_log_softmax(a):

@@ -114,8 +114,8 @@ def binarize_batch(batch, rng, *, mode: str):
 def make_train_step(config, graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
   """train_step(state, batch, numbers, images) -> (state, metrics), jitted.
 
-  state, batch and `numbers` (objective.loss_numbers of each replica) carry a leading replica
-  axis [S]; the batch holds row indices into `images` (uint8 [N, D], shared by all
+  state, batch and `numbers` (objective.loss_numbers of each replica) carry a leading
+  replica axis [S]; the batch holds row indices into `images` (uint8 [N, D], shared by all
   replicas, kept on the device). The step is vmapped over replicas and donates
   its input state, whose buffers it overwrites.
   """
@@ -169,7 +169,7 @@ def validate(config) -> None:
                      "restarts at a logged step and logs the same numbers.")
   make_optimizer(config.train)
   objective.loss_numbers(config, num_labeled=1, num_unlabeled=1, num_label_only=1,
-               pixel_probs=np.full(config.model.num_pixels, 0.5, np.float32))
+                         pixel_probs=np.full(config.model.num_pixels, 0.5, np.float32))
 
 
 # Keys a rerun in the same workdir may change: how long and how visibly it trains, how it
@@ -608,6 +608,11 @@ def _write_sample_grid(r: Replica, graphdef, params, step: int) -> None:
     r.writer.write_image(step, "samples_per_y_dimension", metric_writer.tile_samples(means))
 
 
+def _mean_or_dash(values) -> str:
+  """The progress bar's validation accuracy: '-' until the first validation."""
+  return "-" if any(np.isnan(values)) else f"{np.mean(values):.3f}"
+
+
 def _train_loop(config, replicas, state, best, *, train_step, numbers, images, manager,
                 validators, placement, graphdef):
   """Steps from state.step to train.num_steps (or the time limit); logs, validates,
@@ -649,7 +654,7 @@ def _train_loop(config, replicas, state, best, *, train_step, numbers, images, m
             best = _replace_best(best, i, params, val["accuracy"], done)
         r.writer.write_scalars(done, record, wall_s=time.time() - start_time)
       bar.set_postfix(loss=f"{float(means['loss'].mean()):.2f}",
-                      acc=f"{np.mean(last_accuracy):.3f}")
+                      val_acc=_mean_or_dash(last_accuracy))
     every = config.train.checkpoint_every
     if (every and done % every == 0) or done == num_steps:
       # A copy: the next step donates (deletes) the state's buffers while orbax may

@@ -154,14 +154,19 @@ def generate(graphdef: nnx.GraphDef, params, rng: jax.Array, *, num_per_class: i
 
   Returns (binary samples, decoder means), both float32 [K, M, D]; row k from e_k.
   """
+  x, probs = _generate(graphdef, params, rng, num_per_class=num_per_class)
+  return np.asarray(x), np.asarray(probs)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "num_per_class"))
+def _generate(graphdef: nnx.GraphDef, params, rng: jax.Array, *, num_per_class: int):
   model = nnx.merge(graphdef, params)
   k, z_dim = model.num_classes, model.latent_dim
   z_key, x_key = jax.random.split(rng)
   z = jax.random.normal(z_key, (k, num_per_class, z_dim))
   y = jnp.broadcast_to(jnp.eye(k)[:, None, :], (k, num_per_class, k))
   probs = jax.nn.sigmoid(model.decoder(y, z))
-  x = jax.random.bernoulli(x_key, probs).astype(jnp.float32)
-  return np.asarray(x), np.asarray(probs)
+  return jax.random.bernoulli(x_key, probs).astype(jnp.float32), probs
 
 
 def model_predictions(graphdef: nnx.GraphDef, params, x: np.ndarray, *,

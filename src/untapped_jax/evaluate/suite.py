@@ -61,12 +61,12 @@ def evaluate_run(config, workdir: str, *, graphdef, params, splits, mnist) -> di
     np.savez_compressed(tmp, **arrays)
   name = f"{config.model_name} (seed {config.seed})"
   figures.sample_grid(arrays["x_mean"], results["majority_digits"],
-                     results["duplicated_digits"], os.path.join(workdir, "samples_grid.png"),
-                     title=f"{name}: {results['distinct_digits']} distinct digits")
+                      results["duplicated_digits"], os.path.join(workdir, "samples_grid.png"),
+                      title=f"{name}: {results['distinct_digits']} distinct digits")
   figures.inconsistency_figure(arrays["x"], arrays["model_digits"],
-                              os.path.join(workdir, "inconsistency.png"),
-                              title=f"{name}: self-consistency "
-                                    f"{results['self_consistency']:.0%}")
+                               os.path.join(workdir, "inconsistency.png"),
+                               title=f"{name}: self-consistency "
+                                     f"{results['self_consistency']:.0%}")
   return results
 
 
