@@ -116,6 +116,21 @@ def test_bernoulli_log_prob_saturated_logits():
   np.testing.assert_allclose(float(big), -6e4, rtol=1e-6)
 
 
+def test_bernoulli_log_prob_matches_float64_at_extreme_logits():
+  # Both signs, zero, the float32 overflow range of exp, and tiny magnitudes.
+  rng = np.random.default_rng(0)
+  pool = np.concatenate([np.linspace(-30, 30, 601),
+                         [-200.0, -88.0, -1e-7, 0.0, 1e-7, 88.0, 200.0]])
+  logits = rng.choice(pool, 784).astype(np.float32)
+  x = (rng.random(784) < 0.5).astype(np.float32)
+  l64 = logits.astype(np.float64)
+  expected = np.sum(x * -np.logaddexp(0, -l64) + (1 - x) * -np.logaddexp(0, l64))
+  got = float(jax.jit(m2.bernoulli_log_prob)(x, logits))
+  assert abs(got - expected) <= 1e-5 * abs(expected)
+  grad = jax.grad(m2.bernoulli_log_prob, argnums=1)(x, logits)
+  np.testing.assert_allclose(grad, x - 1 / (1 + np.exp(-l64)), rtol=1e-5, atol=1e-7)
+
+
 def test_gaussian_kl_matches_closed_form():
   rs = np.random.RandomState(3)
   for _ in range(5):

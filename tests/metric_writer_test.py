@@ -83,3 +83,11 @@ def test_tile_samples_puts_dimension_k_on_row_k():
     for m in range(2):
       np.testing.assert_array_equal(grid[4 * k:4 * k + 4, 4 * m:4 * m + 4],
                                     x[k, m].reshape(4, 4))
+
+
+def test_read_results_adds_the_training_time_kept_outside_results_json(tmp_path):
+  (tmp_path / "results.json").write_text(json.dumps({"test_accuracy": 0.5}))
+  assert metric_writer.read_results(str(tmp_path)) == {"test_accuracy": 0.5}
+  (tmp_path / "timing.json").write_text(json.dumps({"train_wall_s": 12.5, "num_steps": 3}))
+  assert metric_writer.read_results(str(tmp_path)) == {"test_accuracy": 0.5,
+                                                       "train_wall_s": 12.5}
