@@ -473,8 +473,6 @@ def test_exact_estimator_has_zero_gradient_and_unknown_raises():
   with pytest.raises(ValueError, match="gumbel_softmax"):
     untapped.label_only_bound(_model(0), y, key, log_prior_x=untapped.uniform_log_prior,
                               estimator="gumbel_softmax")
-  with pytest.raises(ValueError, match="gumbel_softmax"):
-    objective.LabelOnlySettings(estimator="gumbel_softmax", image_prior="uniform")
 
 
 def test_straight_through_surrogate_value_equals_exact_bound(small_model):
@@ -629,16 +627,6 @@ def test_lambda_zero_is_m2_exactly_and_lambda_adds_label_only_mean():
                              rtol=1e-5)
   for name in ("labeled_elbo", "log_q_y", "unlabeled_bound"):  # same M2 draws
     np.testing.assert_allclose(met_1[name], met_m2[name], rtol=1e-6)
-
-
-def test_label_only_settings_validation():
-  with pytest.raises(ValueError, match="pixel_probs"):
-    objective.LabelOnlySettings(image_prior="pixel_bernoulli")
-  with pytest.raises(ValueError, match="image_prior"):
-    objective.LabelOnlySettings(image_prior="gan", pixel_probs=PIXEL_PROBS)
-  for bad in (0.0, 1.5):
-    with pytest.raises(ValueError, match="label_smoothing"):
-      objective.LabelOnlySettings(label_smoothing=bad, pixel_probs=PIXEL_PROBS)
 
 
 # ---------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Numeric tests of the training objective (untapped_jax.objective) for M2.
 
-The loss is checked against the weighted combination of per-example terms, and
-its batch estimate against the full-data objective J of the module doc, with J
-computed independently in NumPy from the raw weight arrays (closed form for a
-noise-free model, Gauss-Hermite quadrature over z otherwise).
+The stream weights are checked against their closed forms, LabelOnlySettings
+against the errors its invalid values must raise, the loss against the weighted
+combination of per-example terms, and its batch estimate against the full-data
+objective J of the module doc, with J computed independently in NumPy from the
+raw weight arrays (closed form for a noise-free model, Gauss-Hermite quadrature
+over z otherwise).
 """
 
 from __future__ import annotations
@@ -55,6 +57,25 @@ def test_stream_weights_need_a_labeled_example(n_l):
   with pytest.raises(ValueError, match="num_labeled"):
     objective.StreamWeights.from_sizes(num_labeled=n_l, num_unlabeled=10, num_label_only=1,
                                        classification_weight=0.1, label_only_weight=1.0)
+
+
+# ---------------------------------------------------------------------------
+# LabelOnlySettings: invalid settings raise ValueError
+# ---------------------------------------------------------------------------
+
+PIXEL_PROBS = np.full(D, 0.5, np.float32)  # a fitted q(x); only its presence matters here
+
+
+def test_label_only_settings_validation():
+  with pytest.raises(ValueError, match="pixel_probs"):
+    objective.LabelOnlySettings(image_prior="pixel_bernoulli")
+  with pytest.raises(ValueError, match="image_prior"):
+    objective.LabelOnlySettings(image_prior="gan", pixel_probs=PIXEL_PROBS)
+  for bad in (0.0, 1.5):
+    with pytest.raises(ValueError, match="label_smoothing"):
+      objective.LabelOnlySettings(label_smoothing=bad, pixel_probs=PIXEL_PROBS)
+  with pytest.raises(ValueError, match="gumbel_softmax"):
+    objective.LabelOnlySettings(estimator="gumbel_softmax", image_prior="uniform")
 
 
 # ---------------------------------------------------------------------------

@@ -1,10 +1,9 @@
-"""Tests of the authors' protocol and the new semantic figures (evaluate/semantic.py)
-and of the direct estimate of log q(y) (evaluate/likelihood.py).
+"""Tests of the authors' protocol and the new semantic figures (evaluate/semantic.py).
 
 greedy_assignment is compared with the authors' own function, copied verbatim
 below; the confusion figures with NumPy computations from hand-built matrices;
 authors_protocol and authors_images with evaluators and models whose answers are
-set by hand; direct_log_q_y with exact enumeration of every image of a tiny model.
+set by hand.
 """
 
 from __future__ import annotations
@@ -13,13 +12,10 @@ from collections import Counter
 import itertools
 
 from flax import nnx
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from untapped_jax import objective
-from untapped_jax.evaluate import likelihood
 from untapped_jax.evaluate import semantic
 from untapped_jax.models import M2
 
@@ -409,70 +405,3 @@ def test_evaluator_logits_logreg():
 def test_train_evaluator_unknown_kind_is_named(kind):
   with pytest.raises(ValueError, match=repr(kind)):
     semantic.train_evaluator(np.zeros((4, 784), np.uint8), np.zeros(4, np.int32), kind=kind)
-
-
-# ----------------------------------------------------------------------------- direct log q(y)
-
-
-D, K = 4, 3
-ALL_X = np.array(list(itertools.product([0.0, 1.0], repeat=D)))  # [16, D]
-PIXEL_PROBS = np.array([0.15, 0.4, 0.7, 0.9], np.float32)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-  model = M2(num_pixels=D, num_classes=K, latent_dim=2, hidden=(6,), activation=ACTIVATION,
-             rngs=nnx.Rngs(3))
-  out = model.classifier.net.layers[-1]
-  set_param(out.kernel, np.asarray(out.kernel[...]) * 4.0)  # q(y|x) varies with x
-  graphdef, params = nnx.split(model)
-  q_y_given_x = np.exp(NumpyM2(model, ACTIVATION).log_q_y_given_x(ALL_X))  # [16, K]
-  return graphdef, params, q_y_given_x
-
-
-def settings_and_q_x(prior):
-  if prior == "uniform":
-    return objective.LabelOnlySettings(image_prior="uniform"), np.full(len(ALL_X), 1 / 16)
-  p = PIXEL_PROBS.astype(np.float64)
-  q_x = np.prod(np.where(ALL_X == 1, p, 1 - p), 1)
-  return objective.LabelOnlySettings(image_prior="pixel_bernoulli",
-                                     pixel_probs=PIXEL_PROBS), q_x
-
-
-def exact_log_q_y_and_se(q_x, q_y_given_x, num_samples):
-  mean = q_x @ q_y_given_x  # [K]
-  var = q_x @ (q_y_given_x - mean) ** 2
-  return np.log(mean), np.sqrt(var / num_samples) / mean
-
-
-@pytest.mark.parametrize("prior", ["pixel_bernoulli", "uniform"])
-def test_direct_log_q_y_against_enumeration(tiny, prior):
-  graphdef, params, q_y_given_x = tiny
-  settings, q_x = settings_and_q_x(prior)
-  assert q_x.sum() == pytest.approx(1.0)
-  s = 20000
-  exact, exact_se = exact_log_q_y_and_se(q_x, q_y_given_x, s)
-  assert np.exp(exact).sum() == pytest.approx(1.0)
-  est, se = likelihood.direct_log_q_y(graphdef, params, settings, rng=jax.random.key(0),
-                                      num_samples=s, chunk=5000)
-  assert est.shape == se.shape == (K,)
-  assert np.all(np.abs(est - exact) < 4 * exact_se), (est, exact, exact_se)
-  np.testing.assert_allclose(se, exact_se, rtol=0.1)
-  assert np.all(exact_se > 1e-3)  # a resolved test, not a constant q(y|x)
-
-
-def test_direct_log_q_y_se_matches_the_spread(tiny):
-  graphdef, params, q_y_given_x = tiny
-  settings, q_x = settings_and_q_x("pixel_bernoulli")
-  s, repeats = 400, 40
-  runs = [likelihood.direct_log_q_y(graphdef, params, settings, rng=jax.random.key(100 + i),
-                                    num_samples=s, chunk=400) for i in range(repeats)]
-  estimates = np.stack([r[0] for r in runs])
-  reported = np.stack([r[1] for r in runs]).mean(0)
-  spread = estimates.std(0, ddof=1)
-  _, exact_se = exact_log_q_y_and_se(q_x, q_y_given_x, s)
-  # The sd of 40 draws is within ~25% of the truth (3 sigma: 1/sqrt(2 * 39) = 11%).
-  np.testing.assert_allclose(spread, reported, rtol=0.35)
-  np.testing.assert_allclose(reported, exact_se, rtol=0.1)
-  # Another rng: other draws, so the estimates are not all the same.
-  assert len({float(e[0]) for e in estimates}) == repeats
