@@ -32,6 +32,6 @@ for labels in 100 3000; do
     > "$out/m2_$labels.log" 2>&1 &
 done
 wait
-find runs/m2_converged_gpu \( -name results.json -o -name metrics.jsonl -o -name 'summary.*' -o -name timing.json \
-  -o -name config.json \) -print0 | tar czf "$out/m2_converged_gpu.tgz" --null -T -
+find runs/m2_converged_gpu \( -name results.json -o -name metrics.jsonl -o -name 'summary.*' \
+  -o -name timing.json -o -name config.json \) -print0 | tar czf "$out/m2_converged_gpu.tgz" --null -T -
 cat runs/m2_converged_gpu/labels_*/summary.md 2>/dev/null

@@ -35,7 +35,7 @@ wait
 python3 -m untapped_jax.sweep --config "experiments/configs/poster.py:$arg" --workdir "$root" \
   --report_only > "$out/sweep_report.log" 2>&1
 cp "$root/sweep.md" "$root/sweep.csv" "$out/" 2>/dev/null
-find "$root" \( -name results.json -o -name metrics.jsonl -o -name config.json -o -name timing.json \
-  -o -name samples_grid.png -o -name inconsistency.png \) -print0 \
+find "$root" \( -name results.json -o -name metrics.jsonl -o -name config.json \
+  -o -name timing.json -o -name samples_grid.png -o -name inconsistency.png \) -print0 \
   | tar czf "$out/headline.tgz" --null -T -
 tail -n 3 "$out"/shard_*.log

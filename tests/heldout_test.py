@@ -34,7 +34,7 @@ def setup():
 
 def run(setup, **kwargs):
   config, _, graphdef, params, split = setup
-  args = dict(num_classes=10, batch_size=250, binarization="static", seed=0)
+  args = dict(batch_size=250, binarization="static", seed=0)
   return heldout.evaluate(graphdef, params, split, **{**args, **kwargs})
 
 

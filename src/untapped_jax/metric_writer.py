@@ -77,10 +77,10 @@ def _truncate(path: str, step: int) -> list[dict[str, Any]]:
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    lines = [line for line in f if line.strip()]
-  kept = [line for line in lines if json.loads(line)["step"] <= step]
-  files.write_text(path, "".join(kept))  # the kept lines' bytes unchanged
-  return [json.loads(line) for line in kept]
+    parsed = [(line, json.loads(line)) for line in f if line.strip()]
+  kept = [(line, record) for line, record in parsed if record["step"] <= step]
+  files.write_text(path, "".join(line for line, _ in kept))  # the kept lines' bytes unchanged
+  return [record for _, record in kept]
 
 
 def _append_line(path: str, record: dict[str, Any]) -> None:

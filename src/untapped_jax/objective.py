@@ -321,13 +321,12 @@ def loss_fn_from_numbers(config, graphdef, numbers: dict[str, Any]) -> LossFn:
   if uses_label_only(config):
     label_only = dataclasses.replace(
         LabelOnlySettings.from_config(o, pixel_probs=numbers["pixel_probs"],
-                                                fixed_z=numbers["fixed_z"]),
+                                      fixed_z=numbers["fixed_z"]),
         label_smoothing=numbers["label_smoothing"],
         temperature=numbers["relaxed_temperature"])
   temperature = numbers["classification_temperature"] if o.classification_temperature > 0 else 0.0
   return make_loss_fn(graphdef, numbers["weights"], num_samples=o.num_samples,
-                                label_only=label_only,
-                                classification_temperature=temperature)
+                      label_only=label_only, classification_temperature=temperature)
 
 
 def numbers_for_splits(config, splits) -> dict[str, Any]:

@@ -386,8 +386,7 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
   images = placement.replicated(data["train_images"])
 
   def evaluate_on(r: Replica, params, split):
-    return heldout.evaluate(graphdef, params, split, num_classes=config.model.num_classes,
-                            batch_size=config.train.eval_batch_size,
+    return heldout.evaluate(graphdef, params, split, batch_size=config.train.eval_batch_size,
                             binarization=config.data.binarization, seed=r.config.seed)
 
   best = {"params": jax.tree.map(jnp.copy, state.params),

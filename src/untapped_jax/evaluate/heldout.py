@@ -17,13 +17,13 @@ from untapped_jax.data import splits as splits_lib
 from untapped_jax.data import streams as streams_lib
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "num_classes"))
+@functools.partial(jax.jit, static_argnames="graphdef")
 def batch_sums(graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array, labels: jax.Array,
-               rng: jax.Array, *, num_classes: int) -> dict[str, jax.Array]:
+               rng: jax.Array) -> dict[str, jax.Array]:
   """x [B, D] binarised, labels int [B] -> sums over the batch of 'correct' (argmax
   q(y|x) == label), 'labeled_elbo' L(x, y) and 'unlabeled_bound' U(x)."""
   model = nnx.merge(graphdef, params)
-  batch = {"labeled": {"x": x, "y": jax.nn.one_hot(labels, num_classes)},
+  batch = {"labeled": {"x": x, "y": jax.nn.one_hot(labels, model.num_classes)},
            "unlabeled": {"x": x}}
   terms = objective.batch_terms(model, batch, rng)
   return {"correct": jnp.sum(jnp.argmax(terms["unlabeled_log_q"], -1) == labels),
@@ -32,7 +32,7 @@ def batch_sums(graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array, labels: 
 
 
 def evaluate(graphdef: nnx.GraphDef, params: nnx.State, split: splits_lib.Split, *,
-             num_classes: int, batch_size: int, binarization: str, seed: int
+             batch_size: int, binarization: str, seed: int
              ) -> dict[str, float]:
   """Accuracy of q(y|x) and mean bounds (nats) over `split`: one fixed binarisation
   and one fixed set of draws per seed, so two evaluations of the same parameters agree."""
@@ -43,7 +43,7 @@ def evaluate(graphdef: nnx.GraphDef, params: nnx.State, split: splits_lib.Split,
     x = streams_lib.binarize(jnp.asarray(split.images[start:start + batch_size]), bin_rng,
                              mode=binarization)
     sums = batch_sums(graphdef, params, x, jnp.asarray(split.labels[start:start + batch_size]),
-                      rng_b, num_classes=num_classes)
+                      rng_b)
     for k, v in jax.device_get(sums).items():
       totals[k] = totals.get(k, 0.0) + float(v)
   n = len(split)
