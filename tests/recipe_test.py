@@ -23,6 +23,7 @@ import pytest
 
 from untapped_jax import models
 from untapped_jax import objective
+from untapped_jax import rng as rng_lib
 from untapped_jax import train
 from untapped_jax.configs import default
 from untapped_jax.data import mnist as mnist_lib
@@ -178,7 +179,7 @@ def test_max_unlabeled_caps_the_overlapping_pool_in_seeded_order(cap):
                        max_unlabeled=cap)
   splits = splits_lib.make_splits(data, config, seed=5)
   # The pool is the seed's permutation past the validation images, in that order.
-  pool = np.random.default_rng(5).permutation(N_TRAIN)[100:]
+  pool = rng_lib.numpy_rng(5, rng_lib.Stream.SPLITS).permutation(N_TRAIN)[100:]
   np.testing.assert_array_equal(index_of(splits.unlabeled), pool[:cap])
   assert len(splits.unlabeled) == cap
 
@@ -207,7 +208,7 @@ def test_authors_splits_on_real_mnist_labels():
   images[:, 0], images[:, 1], images[:, 2] = idx & 255, (idx >> 8) & 255, idx >> 16
   data = dict(real, train_images=images)
   splits = splits_lib.make_splits(data, poster.get_config("recipe=authors").data, seed=0)
-  val = np.random.default_rng(0).permutation(60000)[:10000]
+  val = rng_lib.numpy_rng(0, rng_lib.Stream.SPLITS).permutation(60000)[:10000]
   labels = real["train_labels"]
   keep = np.ones(60000, bool)
   keep[val] = False
@@ -399,7 +400,7 @@ def test_authors_recipe_end_to_end(tmp_path):
   assert results["authors_permutation"][:5] == [0, 1, 2, 3, 4]
   assert results["split_sizes"]["label_only"] == 10
   labels = mnist_lib.load_folder(DATA_DIR)["train_labels"]
-  validation = np.random.default_rng(config.seed).permutation(60000)[
+  validation = rng_lib.numpy_rng(config.seed, rng_lib.Stream.SPLITS).permutation(60000)[
       :config.data.num_validation]
   keep = np.ones(60000, bool)
   keep[validation] = False

@@ -12,6 +12,8 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from untapped_jax import rng as rng_lib
+
 @jax.custom_jvp
 def softplus(x: jax.Array) -> jax.Array:
   """log(1 + exp(x)), elementwise; the same values as jax.nn.softplus.
@@ -138,5 +140,6 @@ def build(model_config: Any, *, seed: int) -> M2:
   """M2 from the `model` ConfigDict, initialised from `seed`."""
   return M2(num_pixels=model_config.num_pixels, num_classes=model_config.num_classes,
             latent_dim=model_config.latent_dim, hidden=tuple(model_config.hidden),
-            activation=model_config.activation, rngs=nnx.Rngs(seed),
+            activation=model_config.activation,
+            rngs=nnx.Rngs(rng_lib.key(seed, rng_lib.Stream.INIT)),
             kernel_init=kernel_initializer(model_config.kernel_init, model_config.init_stddev))

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from untapped_jax import rng as rng_lib
 from untapped_jax.bounds import m2
 from untapped_jax.bounds import untapped
 
@@ -274,7 +275,7 @@ def fixed_label_only_z(config, *, seed: int) -> np.ndarray | None:
     return None
   shape = (config.model.num_classes, config.objective.label_only_num_samples,
            config.model.latent_dim)
-  return np.asarray(jax.random.normal(jax.random.key(seed + 11), shape))
+  return np.asarray(jax.random.normal(rng_lib.key(seed, rng_lib.Stream.LABEL_ONLY_Z), shape))
 
 
 def uses_label_only(config) -> bool:

@@ -34,6 +34,7 @@ from untapped_jax import files
 from untapped_jax import metric_writer
 from untapped_jax import models
 from untapped_jax import objective
+from untapped_jax import rng as rng_lib
 from untapped_jax import stats
 from untapped_jax.data import mnist
 from untapped_jax.data import splits as splits_lib
@@ -65,7 +66,7 @@ def create_train_state(config, *, seed: int):
   graphdef, params = nnx.split(models.build(config.model, seed=seed))
   tx = make_optimizer(config.train)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=tx.init(params), rng=jax.random.key(seed + 1))
+                     opt_state=tx.init(params), rng=rng_lib.key(seed, rng_lib.Stream.TRAIN))
   return graphdef, tx, state
 
 
@@ -602,7 +603,7 @@ def _write_sample_grid(r: Replica, graphdef, params, step: int) -> None:
   per row; the same z draws at every evaluation, so the rows can be compared over time."""
   m = r.config.eval.tensorboard_samples
   if m and r.writer is not None:
-    _, means = semantic.generate(graphdef, params, jax.random.key(r.config.seed + 5),
+    _, means = semantic.generate(graphdef, params, rng_lib.key(r.config.seed, rng_lib.Stream.SAMPLE_GRID),
                                  num_per_class=m)
     r.writer.write_image(step, "samples_per_y_dimension", metric_writer.tile_samples(means))
 

@@ -21,6 +21,8 @@ from typing import Any, Sequence
 from absl import logging
 import numpy as np
 
+from untapped_jax import rng as rng_lib
+
 
 @dataclasses.dataclass(frozen=True)
 class Split:
@@ -104,7 +106,7 @@ def make_splits(mnist: dict[str, np.ndarray], config: Any, *, seed: int) -> Spli
   per_class = int(config.labeled_per_class)
   source = config.label_only_source
 
-  rng = np.random.default_rng(seed)
+  rng = rng_lib.numpy_rng(seed, rng_lib.Stream.SPLITS)
   order = rng.permutation(len(labels))
   validation, pool = order[:num_validation], order[num_validation:]
 

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from untapped_jax import rng as rng_lib
+
 STREAMS = ("labeled", "unlabeled", "label_only")
 BINARIZATIONS = ("dynamic", "static", "none")
 
@@ -36,8 +38,8 @@ class CyclingStream:
     if epoch not in self._permutations:
       if len(self._permutations) >= 2:
         self._permutations.pop(min(self._permutations))
-      self._permutations[epoch] = np.random.default_rng(
-          (self._seed, self._stream_id, epoch)).permutation(self.size)
+      self._permutations[epoch] = rng_lib.numpy_rng(
+          self._seed, rng_lib.ORDER_STREAMS[self._stream_id], epoch).permutation(self.size)
     return self._permutations[epoch]
 
   def indices_at(self, step: int) -> np.ndarray:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from untapped_jax import objective
+from untapped_jax import rng as rng_lib
 from untapped_jax.data import splits as splits_lib
 from untapped_jax.data import streams as streams_lib
 
@@ -37,7 +38,7 @@ def evaluate(graphdef: nnx.GraphDef, params: nnx.State, split: splits_lib.Split,
   """Accuracy of q(y|x) and mean bounds (nats) over `split`: one fixed binarisation
   and one fixed set of draws per seed, so two evaluations of the same parameters agree."""
   totals: dict[str, float] = {}
-  rng = jax.random.key(seed)
+  rng = rng_lib.key(seed, rng_lib.Stream.HELDOUT)
   for start in range(0, len(split), batch_size):
     bin_rng, rng_b = jax.random.split(jax.random.fold_in(rng, start))
     x = streams_lib.binarize(jnp.asarray(split.images[start:start + batch_size]), bin_rng,

@@ -11,6 +11,7 @@ import numpy as np
 
 from untapped_jax import files
 from untapped_jax import objective
+from untapped_jax import rng as rng_lib
 from untapped_jax.bounds import untapped
 from untapped_jax.data import streams as streams_lib
 from untapped_jax.evaluate import figures
@@ -28,7 +29,7 @@ def evaluate_run(config, workdir: str, *, graphdef, params, splits, mnist) -> di
   for kind in kinds:
     evaluators[kind], accuracies[kind] = semantic.load_or_train_evaluator(
         mnist, cache_dir=config.eval.evaluator_cache_dir or None, kind=kind)
-  rng = jax.random.key(config.seed + 7)
+  rng = rng_lib.key(config.seed, rng_lib.Stream.SUITE)
   test_x = np.asarray(streams_lib.binarize(
       splits.test.images, jax.random.fold_in(rng, 0), mode=config.data.binarization))
   labeled_x = np.asarray(streams_lib.binarize(
@@ -78,7 +79,7 @@ def make_semantic_probe(config, *, graphdef, splits, mnist):
   kind = "mlp" if config.eval.strong_evaluator else "logreg"
   evaluator, _ = semantic.load_or_train_evaluator(
       mnist, cache_dir=config.eval.evaluator_cache_dir or None, kind=kind)
-  rng = jax.random.key(config.seed + 13)
+  rng = rng_lib.key(config.seed, rng_lib.Stream.SEMANTIC_PROBE)
   test_x = np.asarray(streams_lib.binarize(
       splits.test.images, jax.random.fold_in(rng, 0), mode=config.data.binarization))
   seen = tuple(config.data.labeled_classes)
