@@ -18,8 +18,11 @@ Arguments (comma separated):
   batch=N             batch size of the labeled and unlabeled streams (authors: 10000,
                       and of the label-only stream too);
   steps=N             training steps (default 10000 for ours, 4004 for the authors');
-  sweep=NAME          which get_hyper sweep: compare | screen | headline;
-  seeds=N             seeds 0..N-1 of the headline sweep (default 10);
+  sweep=NAME          which get_hyper sweep: compare | screen | headline | headline_cpu |
+                      lambda;
+  seeds=N             seeds 0..N-1 of the headline and lambda sweeps (default 10);
+  objectives=A+B      sweep=lambda: the label-only objectives, '+'-separated;
+  lams=F+F            sweep=lambda: the grid of lambda, '+'-separated;
   runlocal            a seconds-long smoke run.
 """
 
@@ -32,8 +35,11 @@ RECIPES = ("ours", "authors")
 
 
 ARG_DEFAULTS = dict(model="untapped", recipe="ours", label_only="", lam=-1.0, per_class=100,
-                    batch=0, steps=0, sweep="compare", seeds=10, runlocal=False)
-SWEEPS = ("compare", "screen", "headline", "headline_cpu")
+                    batch=0, steps=0, sweep="compare", seeds=10, runlocal=False,
+                    objectives="class_balance+batch_posterior+sleep+bound",
+                    lams="0.03+0.1+0.3+1+3+10+30")
+SWEEPS = ("compare", "screen", "headline", "headline_cpu", "lambda")
+LABEL_ONLY_OBJECTIVES = ("bound", "sleep", "class_balance", "batch_posterior", "consistency")
 
 
 def get_config(arg=None):
@@ -152,11 +158,39 @@ def get_hyper(hyper, arg=None):
   if sweep == "compare":
     return hyper.product([hyper.sweep("config.seed", list(range(args["seeds"]))),
                           hyper.sweep("config.model_name", ["m2", "untapped"])])
+  if sweep == "lambda":
+    return lambda_sweep(hyper, args)
   variants = {"screen": SCREEN_VARIANTS, "headline": HEADLINE_VARIANTS,
               "headline_cpu": HEADLINE_CPU_VARIANTS}[sweep]
   seeds = [0] if sweep == "screen" else list(range(args["seeds"]))
   return hyper.product([hyper.sweep("config.seed", seeds), hyper.zipit(
       [hyper.sweep(k, [v[k] for v in variants]) for k in variants[0]])])
+
+
+def lambda_sweep(hyper, args):
+  """Each objective over the lambda grid and seeds 0..seeds-1, objective-major.
+
+  lambda is a population key, so one objective's whole grid (all seeds) is one
+  vmapped population: one jitted program per objective.
+  """
+  objectives = [o for o in args["objectives"].split("+") if o]
+  for o in objectives:
+    if o not in LABEL_ONLY_OBJECTIVES:
+      raise ValueError(f"objectives: {o!r}; expected '+'-separated names from "
+                       f"{LABEL_ONLY_OBJECTIVES}.")
+  try:
+    lams = [float(v) for v in args["lams"].split("+") if v]
+  except ValueError:
+    raise ValueError(f"lams={args['lams']!r}; expected '+'-separated numbers, "
+                     "e.g. 0.1+1+10.") from None
+  if not objectives or not lams or min(lams) <= 0:
+    raise ValueError(f"objectives={args['objectives']!r}, lams={args['lams']!r}; expected "
+                     "at least one objective and one lambda > 0.")
+  return hyper.product([
+      hyper.sweep("config.objective.label_only", objectives),
+      hyper.sweep("config.seed", list(range(args["seeds"]))),
+      hyper.sweep("config.objective.label_only_weight", lams),
+      hyper.sweep("config.model_name", ["untapped"])])
 
 
 # Each variant sets these keys (M2 ignores the label-only ones).
