@@ -26,6 +26,7 @@ import throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from untapped_jax import objective  # pylint: disable=g-import-not-at-top,wrong-import-position
 from untapped_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from untapped_jax import train_state  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _MODEL = flags.DEFINE_string("model", "m2", "m2 | untapped")
 _UNLABELED = throughput._UNLABELED  # pylint: disable=protected-access  (--unlabeled_batch)
@@ -37,9 +38,9 @@ STEPS = 10
 def main(argv):
   del argv
   config = throughput.bench_config(_MODEL.value, unlabeled_batch=_UNLABELED.value, tiny=False)
-  graphdef, tx, state = train.create_train_state(config, seed=0)
-  state = train.stack([state])
-  numbers = jax.device_put(train.stack([objective.loss_numbers(
+  graphdef, tx, state = train_state.create_train_state(config, seed=0)
+  state = train_state.stack([state])
+  numbers = jax.device_put(train_state.stack([objective.loss_numbers(
       config, pixel_probs=np.full(config.model.num_pixels, 0.2, np.float32), num_labeled=100,
       num_unlabeled=50000, num_label_only=50000)]))
   images = jax.device_put(np.random.default_rng(1).integers(

@@ -101,12 +101,13 @@ def measure_jax(model_name: str, num_replicas: int, *, unlabeled_batch, steps, t
   import numpy as np  # pylint: disable=g-import-not-at-top
   from untapped_jax import objective  # pylint: disable=g-import-not-at-top
   from untapped_jax import train  # pylint: disable=g-import-not-at-top
+  from untapped_jax import train_state  # pylint: disable=g-import-not-at-top
   config = bench_config(model_name, unlabeled_batch=unlabeled_batch, tiny=tiny)
-  created = [train.create_train_state(config, seed=s) for s in range(num_replicas)]
+  created = [train_state.create_train_state(config, seed=s) for s in range(num_replicas)]
   graphdef, tx = created[0][:2]
-  state = train.stack([s for _, _, s in created])
+  state = train_state.stack([s for _, _, s in created])
   sizes = dict(num_labeled=100, num_unlabeled=50000, num_label_only=50000)
-  numbers = jax.device_put(train.stack([objective.loss_numbers(
+  numbers = jax.device_put(train_state.stack([objective.loss_numbers(
       config, pixel_probs=np.full(config.model.num_pixels, 0.2, np.float32), **sizes)
   ] * num_replicas))
   images = jax.device_put(np.random.default_rng(1).integers(

@@ -9,6 +9,7 @@ import pytest
 
 from untapped_jax import sweep
 from untapped_jax import train
+from untapped_jax import train_state
 from untapped_jax.configs import default
 
 DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
@@ -49,8 +50,8 @@ def train_one(config, workdir):
 def assert_replica_matches(population, i, single):
   """Replica i of a population against a population of one: same numbers to float
   tolerance (vmapping reorders reductions) after 20 Adam steps."""
-  a = jax.tree.leaves(jax.device_get(train.unstack(population.state.params, i)))
-  b = jax.tree.leaves(jax.device_get(train.unstack(single.state.params, 0)))
+  a = jax.tree.leaves(jax.device_get(train_state.unstack(population.state.params, i)))
+  b = jax.tree.leaves(jax.device_get(train_state.unstack(single.state.params, 0)))
   for x, y in zip(a, b):
     np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
   ra, rb = population.results[i], single.results[0]
@@ -75,7 +76,7 @@ def test_population_replicas_equal_separate_runs(tmp_path, model_name, overrides
       configs, [str(tmp_path / f"r{i}") for i in range(len(configs))],
       checkpoint_dir=str(tmp_path / "population_checkpoints"))
   # The replicas really differ: different hyperparameters give different parameters.
-  p0, p1 = (jax.tree.leaves(train.unstack(population.state.params, i))[0] for i in (0, 1))
+  p0, p1 = (jax.tree.leaves(train_state.unstack(population.state.params, i))[0] for i in (0, 1))
   assert not np.allclose(p0, p1)
   for i, config in enumerate(configs):
     single = train_one(config, tmp_path / f"single{i}")

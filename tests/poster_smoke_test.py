@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from untapped_jax import train
+from untapped_jax import train_state
 
 DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
 pytestmark = [pytest.mark.slow,
@@ -81,7 +82,7 @@ def runs(cache_dirs, tmp_path_factory):
     population = train.train_population([config], [str(workdir)],
                                         checkpoint_dir=str(workdir / "checkpoints"))
     returned = {"graphdef": population.graphdef,
-                "best_params": train.unstack(population.best_params, 0),
+                "best_params": train_state.unstack(population.best_params, 0),
                 "splits": population.replicas[0].splits}
     out[model] = {"config": config, "workdir": workdir, "returned": returned,
                   "results": json.loads((workdir / "results.json").read_text())}

@@ -25,6 +25,7 @@ from untapped_jax import models
 from untapped_jax import objective
 from untapped_jax import rng as rng_lib
 from untapped_jax import train
+from untapped_jax import train_state
 from untapped_jax.configs import default
 from untapped_jax.data import mnist as mnist_lib
 from untapped_jax.data import splits as splits_lib
@@ -245,7 +246,7 @@ def hand_update(grad, g, v, lr, eps):
 
 @pytest.mark.parametrize("g,v", [(0.0, 0.0), (5.0, 0.0), (0.0, 1.0), (5.0, 1.0), (20.0, 0.5)])
 def test_make_optimizer_first_update_by_hand(g, v):
-  tx = train.make_optimizer(train_config(g, v))
+  tx = train_state.make_optimizer(train_config(g, v))
   params = {k: jnp.zeros_like(jnp.asarray(x, jnp.float32)) for k, x in GRAD.items()}
   grads = {k: jnp.asarray(x, jnp.float32) for k, x in GRAD.items()}
   updates, _ = tx.update(grads, tx.init(params), params)
@@ -257,7 +258,7 @@ def test_make_optimizer_first_update_by_hand(g, v):
 @pytest.mark.parametrize("key", ["clip_global_norm", "clip_value"])
 def test_negative_clip_raises(key):
   with pytest.raises(ValueError, match=key):
-    train.make_optimizer(train_config(**{key: -1.0}))
+    train_state.make_optimizer(train_config(**{key: -1.0}))
 
 
 # ----------------------------------------------------------------------------- weights

@@ -77,12 +77,12 @@ def test_replicas_of_a_population_get_their_own_streams():
   """Two seeds' initial parameters, train keys and fixed label-only z all differ, and
   each comes from its row of the table."""
   from untapped_jax import objective
-  from untapped_jax import train
+  from untapped_jax import train_state
   from untapped_jax.configs import default
   c = default.get_config()
   c.model.hidden, c.model.latent_dim = (8,), 2
   c.objective.label_only_z = "fixed"
-  states = [train.create_train_state(c, seed=s)[2] for s in (0, 2)]
+  states = [train_state.create_train_state(c, seed=s)[2] for s in (0, 2)]
   for a, b in itertools.combinations(states, 2):
     assert not np.array_equal(jax.random.key_data(a.rng), jax.random.key_data(b.rng))
     flat = [np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(s.params)])

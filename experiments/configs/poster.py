@@ -19,10 +19,11 @@ Arguments (comma separated):
                       and of the label-only stream too);
   steps=N             training steps (default 10000 for ours, 4004 for the authors');
   sweep=NAME          which get_hyper sweep: compare | screen | headline | headline_cpu |
-                      lambda;
+                      lambda | qx_ladder;
   seeds=N             seeds 0..N-1 of the headline and lambda sweeps (default 10);
   objectives=A+B      sweep=lambda: the label-only objectives, '+'-separated;
   lams=F+F            sweep=lambda: the grid of lambda, '+'-separated;
+  prior=WORKDIR       sweep=qx_ladder: a finished run whose U(x) is the pretrained q(x);
   runlocal            a seconds-long smoke run.
 """
 
@@ -37,8 +38,8 @@ RECIPES = ("ours", "authors")
 ARG_DEFAULTS = dict(model="untapped", recipe="ours", label_only="", lam=-1.0, per_class=100,
                     batch=0, steps=0, sweep="compare", seeds=10, runlocal=False,
                     objectives="class_balance+batch_posterior+sleep+bound",
-                    lams="0.03+0.1+0.3+1+3+10+30")
-SWEEPS = ("compare", "screen", "headline", "headline_cpu", "lambda")
+                    lams="0.03+0.1+0.3+1+3+10+30", prior="")
+SWEEPS = ("compare", "screen", "headline", "headline_cpu", "lambda", "qx_ladder")
 LABEL_ONLY_OBJECTIVES = ("bound", "sleep", "class_balance", "batch_posterior", "consistency")
 
 
@@ -160,6 +161,8 @@ def get_hyper(hyper, arg=None):
                           hyper.sweep("config.model_name", ["m2", "untapped"])])
   if sweep == "lambda":
     return lambda_sweep(hyper, args)
+  if sweep == "qx_ladder":
+    return qx_ladder_sweep(args)
   variants = {"screen": SCREEN_VARIANTS, "headline": HEADLINE_VARIANTS,
               "headline_cpu": HEADLINE_CPU_VARIANTS}[sweep]
   seeds = [0] if sweep == "screen" else list(range(args["seeds"]))
@@ -191,6 +194,32 @@ def lambda_sweep(hyper, args):
       hyper.sweep("config.seed", list(range(args["seeds"]))),
       hyper.sweep("config.objective.label_only_weight", lams),
       hyper.sweep("config.model_name", ["untapped"])])
+
+
+def qx_ladder_sweep(args):
+  """The poster's future work: the inverted bound with ever better q(x), seed-major.
+
+  Rungs: M2 (the reference), the bound with q(x) uniform, pixel-wise Bernoulli, and a
+  fixed pretrained image model (the U(x) of the finished run in `prior`), then
+  class_balance, whose q(x) is the data itself (log q(y) = log mean_n q(y|x_n) exactly).
+  All label-only rungs at one lambda (lam=, default 0.1).
+  """
+  if not args["prior"]:
+    raise ValueError("sweep=qx_ladder needs prior=WORKDIR, a finished untapped-train run "
+                     "(e.g. poster.py:model=m2,recipe=ours) whose U(x) is the pretrained q(x).")
+  lam = args["lam"] if args["lam"] >= 0 else 0.1
+  bound = {"config.model_name": "untapped", "config.objective.label_only": "bound",
+           "config.objective.label_only_weight": lam}
+  rungs = [
+      {"config.model_name": "m2", "config.objective.label_only_weight": 0.0},
+      {**bound, "config.objective.image_prior": "uniform"},
+      {**bound, "config.objective.image_prior": "pixel_bernoulli"},
+      {**bound, "config.objective.image_prior": "pretrained",
+       "config.objective.image_prior_workdir": args["prior"]},
+      {"config.model_name": "untapped", "config.objective.label_only": "class_balance",
+       "config.objective.label_only_weight": lam},
+  ]
+  return [{"config.seed": s, **rung} for s in range(args["seeds"]) for rung in rungs]
 
 
 # Each variant sets these keys (M2 ignores the label-only ones).

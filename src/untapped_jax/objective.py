@@ -14,6 +14,7 @@ step's loss -J_hat is an unbiased estimate of -J.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 from flax import nnx
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from untapped_jax import checkpoints
 from untapped_jax import rng as rng_lib
 from untapped_jax.bounds import m2
 from untapped_jax.bounds import untapped
@@ -87,6 +89,9 @@ class LabelOnlySettings:
   pixel_probs: np.ndarray | None = dataclasses.field(default=None, compare=False)
   # [K, num_samples, Z]: fixed z draws per class (objective.label_only_z='fixed').
   fixed_z: np.ndarray | None = dataclasses.field(default=None, compare=False)
+  # image_prior='pretrained': the fixed model whose U(x) is log q(x) (pretrained_image_prior).
+  prior_graphdef: nnx.GraphDef | None = None
+  prior_params: Any = dataclasses.field(default=None, compare=False)
 
   def __post_init__(self):
     if self.objective not in untapped.LABEL_ONLY_OBJECTIVES:
@@ -100,6 +105,10 @@ class LabelOnlySettings:
                        f"expected one of {untapped.IMAGE_PRIORS}.")
     if self.image_prior == "pixel_bernoulli" and self.pixel_probs is None:
       raise ValueError("image_prior='pixel_bernoulli' needs pixel_probs fitted to images.")
+    if self.image_prior == "pretrained" and (self.prior_graphdef is None
+                                             or self.prior_params is None):
+      raise ValueError("image_prior='pretrained' needs the prior model's graphdef and "
+                       "params (objective.image_prior_workdir).")
     if not is_traced(self.label_smoothing) and not 0.0 < self.label_smoothing <= 1.0:
       raise ValueError(f"objective.label_smoothing={self.label_smoothing}; expected (0, 1].")
     bad = [t for t in self.sleep_terms if t not in untapped.SLEEP_OPTIONAL_TERMS]
@@ -110,23 +119,47 @@ class LabelOnlySettings:
       raise ValueError(f"objective.label_only_num_samples={self.num_samples}; expected >= 1.")
 
   @classmethod
-  def from_config(cls, objective_config, *, pixel_probs=None, fixed_z=None
+  def from_config(cls, objective_config, *, pixel_probs=None, fixed_z=None, prior_params=None
                   ) -> "LabelOnlySettings":
+    """Settings of config.objective; `prior_params` (possibly traced) replace the loaded
+    parameters of a 'pretrained' q(x)."""
     o = objective_config
+    prior_graphdef = None
+    if o.image_prior == "pretrained":
+      prior_graphdef, loaded = pretrained_image_prior(o.image_prior_workdir)
+      prior_params = loaded if prior_params is None else prior_params
     return cls(objective=o.label_only, estimator=o.x_estimator,
                temperature=o.relaxed_temperature, num_samples=o.label_only_num_samples,
                label_smoothing=o.label_smoothing, image_prior=o.image_prior,
                prior_stop_gradient=o.image_prior_stop_gradient,
-               sleep_terms=tuple(o.sleep_terms), pixel_probs=pixel_probs, fixed_z=fixed_z)
+               sleep_terms=tuple(o.sleep_terms), pixel_probs=pixel_probs, fixed_z=fixed_z,
+               prior_graphdef=prior_graphdef, prior_params=prior_params)
 
   def log_prior_x(self, graphdef, params) -> untapped.LogPriorX:
     if self.image_prior == "uniform":
       return untapped.uniform_log_prior
     if self.image_prior == "pixel_bernoulli":
       return untapped.pixel_bernoulli_log_prior(jnp.asarray(self.pixel_probs))
+    if self.image_prior == "pretrained":  # held fixed, whatever prior_stop_gradient says
+      return untapped.model_log_prior(
+          nnx.merge(self.prior_graphdef, jax.lax.stop_gradient(self.prior_params)))
     if self.prior_stop_gradient:
       params = jax.lax.stop_gradient(params)
     return untapped.model_log_prior(nnx.merge(graphdef, params))
+
+
+@functools.lru_cache(maxsize=4)
+def pretrained_image_prior(workdir: str) -> tuple[nnx.GraphDef, nnx.State]:
+  """(graphdef, params) of the finished run in `workdir`, for image_prior='pretrained';
+  loaded once per process, parameters as host arrays."""
+  if not workdir:
+    raise ValueError("objective.image_prior='pretrained' needs objective.image_prior_workdir: "
+                     "the workdir of a finished untapped-train run (its U(x) is log q(x)).")
+  try:
+    graphdef, params, _ = checkpoints.load_run_params(workdir)
+  except ValueError as e:
+    raise ValueError(f"objective.image_prior_workdir: {e}") from None
+  return graphdef, jax.tree.map(lambda a: np.asarray(a, np.float32), jax.device_get(params))
 
 
 def batch_terms(model, batch: Batch, rng: jax.Array, *, num_samples: int = 1
@@ -301,12 +334,20 @@ def loss_numbers(config, *, num_labeled: int, num_unlabeled: int, num_label_only
       "classification_temperature": f32(o.classification_temperature),
       "label_smoothing": f32(o.label_smoothing),
       "relaxed_temperature": f32(o.relaxed_temperature),
-      "pixel_probs": None, "fixed_z": None}
+      "pixel_probs": None, "fixed_z": None, "prior_params": None}
   if uses_label_only(config):
     numbers["pixel_probs"] = f32(pixel_probs)
     numbers["fixed_z"] = f32(fixed_label_only_z(config, seed=config.seed))
     # Checks the label-only settings with concrete values, before anything is traced.
-    LabelOnlySettings.from_config(o, pixel_probs=pixel_probs)
+    settings = LabelOnlySettings.from_config(o, pixel_probs=pixel_probs)
+    if o.image_prior == "pretrained":
+      # An argument of the step, not a constant baked into the compiled program.
+      numbers["prior_params"] = settings.prior_params
+      prior_pixels = nnx.merge(settings.prior_graphdef, settings.prior_params).num_pixels
+      if prior_pixels != config.model.num_pixels:
+        raise ValueError(f"objective.image_prior_workdir={o.image_prior_workdir!r}: its model "
+                         f"has {prior_pixels} pixels; expected model.num_pixels="
+                         f"{config.model.num_pixels}.")
   return numbers
 
 
@@ -322,7 +363,8 @@ def loss_fn_from_numbers(config, graphdef, numbers: dict[str, Any]) -> LossFn:
   if uses_label_only(config):
     label_only = dataclasses.replace(
         LabelOnlySettings.from_config(o, pixel_probs=numbers["pixel_probs"],
-                                      fixed_z=numbers["fixed_z"]),
+                                      fixed_z=numbers["fixed_z"],
+                                      prior_params=numbers["prior_params"]),
         label_smoothing=numbers["label_smoothing"],
         temperature=numbers["relaxed_temperature"])
   temperature = numbers["classification_temperature"] if o.classification_temperature > 0 else 0.0

@@ -21,21 +21,22 @@ from typing import Any, Sequence
 
 from absl import logging
 from flax import nnx
-from flax import struct
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import tqdm
 
+from untapped_jax import checkpoints
 from untapped_jax import files
 from untapped_jax import metric_writer
 from untapped_jax import models
 from untapped_jax import objective
 from untapped_jax import rng as rng_lib
 from untapped_jax import stats
+from untapped_jax import train_state as train_state_lib
+from untapped_jax.train_state import TrainState
 from untapped_jax.data import mnist
 from untapped_jax.data import splits as splits_lib
 from untapped_jax.data import streams as streams_lib
@@ -50,57 +51,6 @@ POPULATION_KEYS = ("seed", "num_seeds", "train.learning_rate",
                    "objective.unlabeled_weight", "objective.label_only_weight",
                    "objective.label_smoothing", "objective.classification_temperature",
                    "objective.relaxed_temperature")
-
-
-@struct.dataclass
-class TrainState:
-  """One replica's state; a population's has a leading [S] axis on every leaf."""
-  step: jax.Array
-  params: nnx.State
-  opt_state: optax.OptState
-  rng: jax.Array
-
-
-def create_train_state(config, *, seed: int):
-  """Returns (graphdef, tx, state) for one fresh replica initialised from `seed`."""
-  graphdef, params = nnx.split(models.build(config.model, seed=seed))
-  tx = make_optimizer(config.train)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=tx.init(params), rng=rng_lib.key(seed, rng_lib.Stream.TRAIN))
-  return graphdef, tx, state
-
-
-def stack(trees: Sequence[Any], *, xp=jnp) -> Any:
-  """[tree, ...] -> one tree with a leading replica axis on every leaf (xp=np keeps
-  host data on the host)."""
-  return jax.tree.map(lambda *leaves: xp.stack(leaves), *trees)
-
-
-def unstack(tree: Any, index: int) -> Any:
-  """Replica `index` of a stacked tree."""
-  return jax.tree.map(lambda leaf: leaf[index], tree)
-
-
-def make_optimizer(train_config) -> optax.GradientTransformation:
-  """Adam (learning_rate, adam_eps) after optional clipping: the global norm to
-  clip_global_norm, then each element to [-clip_value, clip_value] (0: off).
-
-  The learning rate lives in the optimizer state (optax.inject_hyperparams), so
-  the replicas of a population can each have their own.
-  """
-  clips = []
-  for key, clip in (("clip_global_norm", optax.clip_by_global_norm), ("clip_value", optax.clip)):
-    value = train_config[key]
-    if value < 0:
-      raise ValueError(f"train.{key}={value}; expected >= 0 (0: no clipping).")
-    if value:
-      clips.append(clip(value))
-  if not train_config.learning_rate > 0:
-    raise ValueError(f"train.learning_rate={train_config.learning_rate}; expected > 0.")
-  adam = optax.inject_hyperparams(
-      lambda learning_rate: optax.chain(*clips, optax.adam(learning_rate,
-                                                            eps=train_config.adam_eps)))
-  return adam(learning_rate=train_config.learning_rate)
 
 
 def binarize_batch(batch, rng, *, mode: str):
@@ -168,7 +118,7 @@ def validate(config) -> None:
     raise ValueError(f"train.checkpoint_every={every!r}; expected 0 (only the final state) or "
                      f"a multiple of train.log_every={log_every}, so that a resumed run "
                      "restarts at a logged step and logs the same numbers.")
-  make_optimizer(config.train)
+  train_state_lib.make_optimizer(config.train)
   objective.loss_numbers(config, num_labeled=1, num_unlabeled=1, num_label_only=1,
                          pixel_probs=np.full(config.model.num_pixels, 0.5, np.float32))
 
@@ -268,7 +218,7 @@ class Population:
 
 
 def _population_batch(replicas: Sequence[Replica], step: int):
-  return stack([streams_lib.batch_at(r.streams, step) for r in replicas], xp=np)
+  return train_state_lib.stack([streams_lib.batch_at(r.streams, step) for r in replicas], xp=np)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,30 +264,6 @@ class Placement:
         P(None, "devices") if a.shape[1] % n == 0 else P()))
 
 
-def _checkpoint_manager(checkpoint_dir: str) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.abspath(checkpoint_dir),
-      # A run killed mid-save leaves a temporary folder; the rerun removes it.
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
-                                           cleanup_tmp_directories=True))
-
-
-def _save_checkpoint(manager, step: int, state: TrainState, best: dict) -> None:
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             best=ocp.args.StandardSave(best)))
-
-
-def _restore_checkpoint(manager, state: TrainState, best: dict):
-  """The latest checkpoint, with the learning rates of `state` (the current config's:
-  inject_hyperparams keeps them in the optimizer state, which would otherwise bring
-  back the checkpoint's)."""
-  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(state), best=ocp.args.StandardRestore(best)))
-  logging.info("resumed from step %d", manager.latest_step())
-  opt_state = restored.state.opt_state._replace(hyperparams=state.opt_state.hyperparams)
-  return restored.state.replace(opt_state=opt_state), restored.best
-
-
 def is_finished(config, workdir: str) -> bool:
   """True when `workdir` holds results.json of a run of exactly `config`."""
   paths = [os.path.join(workdir, n) for n in ("results.json", "config.json")]
@@ -378,11 +304,11 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
     if not eval_only and os.path.exists(stale) and files.is_writer():
       os.remove(stale)  # another config's results, about to be replaced
   placement = Placement.for_population(len(replicas))
-  numbers = placement.per_replica(stack([objective.numbers_for_splits(r.config, r.splits)
+  numbers = placement.per_replica(train_state_lib.stack([objective.numbers_for_splits(r.config, r.splits)
                                          for r in replicas]))
-  created = [create_train_state(c, seed=c.seed) for c in configs]
+  created = [train_state_lib.create_train_state(c, seed=c.seed) for c in configs]
   graphdef, tx = created[0][:2]
-  state = placement.per_replica(stack([s for _, _, s in created]))
+  state = placement.per_replica(train_state_lib.stack([s for _, _, s in created]))
   train_step = make_train_step(config, graphdef, tx)
   images = placement.replicated(data["train_images"])
 
@@ -390,11 +316,10 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
     return heldout.evaluate(graphdef, params, split, batch_size=config.train.eval_batch_size,
                             binarization=config.data.binarization, seed=r.config.seed)
 
-  best = {"params": jax.tree.map(jnp.copy, state.params),
-          "accuracy": jnp.full(len(replicas), -1.0), "step": jnp.zeros(len(replicas), jnp.int32)}
-  manager = _checkpoint_manager(checkpoint_dir)
+  best = checkpoints.initial_best(state, len(replicas))
+  manager = checkpoints.manager(checkpoint_dir)
   if manager.latest_step() is not None:
-    state, best = _restore_checkpoint(manager, state, best)
+    state, best = checkpoints.restore(manager, state, best)
   if eval_only:
     return _evaluate_checkpoint(replicas, manager, state, best, graphdef=graphdef, data=data,
                                 evaluate_on=evaluate_on)
@@ -426,12 +351,12 @@ def _final_evaluation(replicas, state, best, *, graphdef, data, num_steps, evalu
   """Validation of the last state, the choice of parameters, then test and results.json."""
   results = []
   for i, r in enumerate(replicas):
-    params = unstack(state.params, i)
+    params = train_state_lib.unstack(state.params, i)
     final_val = evaluate_on(r, params, r.splits.validation)
     if (r.config.train.select_by == "final"
         or final_val["accuracy"] > float(best["accuracy"][i])):
       best = _replace_best(best, i, params, final_val["accuracy"], num_steps)
-    results.append(_finish_replica(r, graphdef, unstack(best["params"], i), data,
+    results.append(_finish_replica(r, graphdef, train_state_lib.unstack(best["params"], i), data,
                                    final_val=final_val, best_accuracy=float(best["accuracy"][i]),
                                    best_step=int(best["step"][i]), num_steps=num_steps,
                                    population_size=len(replicas),
@@ -603,8 +528,8 @@ def _write_sample_grid(r: Replica, graphdef, params, step: int) -> None:
   per row; the same z draws at every evaluation, so the rows can be compared over time."""
   m = r.config.eval.tensorboard_samples
   if m and r.writer is not None:
-    _, means = semantic.generate(graphdef, params, rng_lib.key(r.config.seed, rng_lib.Stream.SAMPLE_GRID),
-                                 num_per_class=m)
+    key = rng_lib.key(r.config.seed, rng_lib.Stream.SAMPLE_GRID)
+    _, means = semantic.generate(graphdef, params, key, num_per_class=m)
     r.writer.write_image(step, "samples_per_y_dimension", metric_writer.tile_samples(means))
 
 
@@ -634,7 +559,7 @@ def _train_loop(config, replicas, state, best, *, train_step, numbers, images, m
       logging.info("train.time_limit_s=%s reached at step %d", time_limit, done)
       num_steps = done  # end here as if configured so: log, evaluate, checkpoint
     if done % config.train.log_every == 0 or done == num_steps:
-      window = stack(jax.device_get(history), xp=np)  # name -> [steps, S]
+      window = train_state_lib.stack(jax.device_get(history), xp=np)  # name -> [steps, S]
       _check_finite(window, first_step=done - len(history) + 1, replicas=replicas,
                     manager=manager)
       means = {k: np.mean(v, axis=0) for k, v in window.items()}
@@ -645,7 +570,7 @@ def _train_loop(config, replicas, state, best, *, train_step, numbers, images, m
                   "unlabeled_epochs": r.streams["unlabeled"].epochs_at(done),
                   **{f"train/{k}": float(v[i]) for k, v in means.items()}}
         if validate:
-          params = unstack(state.params, i)
+          params = train_state_lib.unstack(state.params, i)
           val = validators[i](params)
           record.update({f"validation/{k}": v for k, v in val.items()})
           _write_sample_grid(r, graphdef, params, done)
@@ -659,7 +584,7 @@ def _train_loop(config, replicas, state, best, *, train_step, numbers, images, m
     if (every and done % every == 0) or done == num_steps:
       # A copy: the next step donates (deletes) the state's buffers while orbax may
       # still be writing them in the background.
-      _save_checkpoint(manager, done, jax.tree.map(jnp.copy, state), best)
+      checkpoints.save(manager, done, jax.tree.map(jnp.copy, state), best)
     if done == num_steps:
       break
   manager.wait_until_finished()

@@ -32,7 +32,7 @@ from untapped_jax.bounds import m2
 from untapped_jax.models import M2
 
 ESTIMATORS = ("mean", "relaxed", "straight_through", "exact")
-IMAGE_PRIORS = ("uniform", "pixel_bernoulli", "model")
+IMAGE_PRIORS = ("uniform", "pixel_bernoulli", "model", "pretrained")
 # log q(x) of an image x [D] in [0, 1], with a key for priors that sample.
 LogPriorX = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -159,7 +159,11 @@ def pixel_bernoulli_log_prior(pixel_probs: jax.Array) -> LogPriorX:
 
 
 def model_log_prior(model: M2, *, num_samples: int = 1) -> LogPriorX:
-  """q(x) from M2's own unlabeled bound U(x) <= log p(x) (pass a stop-gradient model)."""
+  """q(x) from an M2's unlabeled bound U(x) <= log p(x) (pass a stop-gradient model):
+  the model's own ('model') or a separately trained, fixed one ('pretrained').
+
+  U(x) <= log p(x) keeps the inverted bound a lower bound on log q(y) for the
+  normalised q(x) = p(x) = sum_y p(y) int p(z) p(x|y,z) dz (docs/bounds.md)."""
   return lambda x, rng: m2.unlabeled_bound(model, x, rng, num_samples=num_samples)
 
 

@@ -64,7 +64,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.objective.label_only_num_samples = 1  # (z, x) draws per label-only example
   c.objective.x_estimator = "straight_through"  # 'mean'|'relaxed'|'straight_through'|'exact'
   c.objective.relaxed_temperature = 0.5
-  c.objective.image_prior = "pixel_bernoulli"  # q(x): 'uniform'|'pixel_bernoulli'|'model'
+  # q(x): 'uniform' | 'pixel_bernoulli' | 'model' (its own U(x)) | 'pretrained' (the U(x)
+  # of the finished run in image_prior_workdir, held fixed)
+  c.objective.image_prior = "pixel_bernoulli"
+  c.objective.image_prior_workdir = ""
   c.objective.image_prior_stop_gradient = True  # 'model' prior: no gradient into U(x)'s params
   c.objective.label_smoothing = 1.0  # mass on the true class in log q(y|x); 1.0 = none
 

@@ -32,11 +32,13 @@ def label_only_bound_and_log_q_y(model, y: jax.Array, rng: jax.Array, *,
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings", "num_samples"))
-def _label_only_log_terms(graphdef, params, pixel_probs, y, key, *, settings, num_samples):
+def _label_only_log_terms(graphdef, params, prior_arrays, y, key, *, settings, num_samples):
   """The exact-estimator log terms of one label's bound; compiled once per graph, settings
-  and sample count, with the parameters and q(x)'s pixel probabilities as arguments
-  (settings hash without their arrays, so the arrays must not be read from them)."""
-  settings = dataclasses.replace(settings, pixel_probs=pixel_probs)
+  and sample count, with the parameters and q(x)'s arrays (pixel probabilities, a
+  pretrained prior's parameters) as arguments (settings hash without their arrays, so
+  the arrays must not be read from them)."""
+  pixel_probs, prior_params = prior_arrays
+  settings = dataclasses.replace(settings, pixel_probs=pixel_probs, prior_params=prior_params)
   return untapped.label_only_log_terms(
       nnx.merge(graphdef, params), y, key, log_prior_x=settings.log_prior_x(graphdef, params),
       estimator="exact", num_samples=num_samples)
@@ -53,7 +55,8 @@ def label_only_report(graphdef: nnx.GraphDef, params, settings, *, test_labels: 
     raise ValueError(f"num_samples={num_samples}: expected a positive integer.")
   chunk = min(chunk, num_samples)
   log_terms = lambda y, key: _label_only_log_terms(
-      graphdef, params, settings.pixel_probs, y, key, settings=settings, num_samples=chunk)
+      graphdef, params, (settings.pixel_probs, settings.prior_params), y, key,
+      settings=settings, num_samples=chunk)
 
   per_class_bound, per_class_log_q, per_class_terms = [], [], []
   for c in range(k):
@@ -85,16 +88,19 @@ def label_only_report(graphdef: nnx.GraphDef, params, settings, *, test_labels: 
 
 def sample_image_prior(graphdef: nnx.GraphDef, params, settings, rng: jax.Array,
                        num_samples: int) -> jax.Array:
-  """x ~ q(x) [S, D]: uniform or pixel-wise Bernoulli draws, or, for the 'model' prior,
-  ancestral draws y ~ p(y), z ~ p(z), x ~ p(x|y,z) of the model (the normalised
-  density that its bound U(x) approximates)."""
+  """x ~ q(x) [S, D]: uniform or pixel-wise Bernoulli draws, or, for the 'model' and
+  'pretrained' priors, ancestral draws y ~ p(y), z ~ p(z), x ~ p(x|y,z) of that model
+  (the normalised density that its bound U(x) approximates)."""
   model = nnx.merge(graphdef, params)
-  d, k = model.num_pixels, model.num_classes
+  d = model.num_pixels
   if settings.image_prior == "uniform":
     probs = jnp.full((num_samples, d), 0.5)
   elif settings.image_prior == "pixel_bernoulli":
     probs = jnp.broadcast_to(jnp.asarray(settings.pixel_probs), (num_samples, d))
   else:
+    if settings.image_prior == "pretrained":
+      model = nnx.merge(settings.prior_graphdef, settings.prior_params)
+    k = model.num_classes
     y_key, z_key, rng = jax.random.split(rng, 3)
     y = jax.nn.one_hot(jax.random.randint(y_key, (num_samples,), 0, k), k)
     z = jax.random.normal(z_key, (num_samples, model.latent_dim))

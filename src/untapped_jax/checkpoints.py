@@ -1,0 +1,79 @@
+"""Orbax checkpoints of a population, and the parameters of a finished run.
+
+A checkpoint holds the stacked train state and the best-validation bookkeeping
+(`best`: params, accuracy and step per replica); only the latest one is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+
+from untapped_jax import train_state as train_state_lib
+from untapped_jax.train_state import TrainState
+
+
+def manager(checkpoint_dir: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.abspath(checkpoint_dir),
+      # A run killed mid-save leaves a temporary folder; the rerun removes it.
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                           cleanup_tmp_directories=True))
+
+
+def save(manager, step: int, state: TrainState, best: dict) -> None:
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             best=ocp.args.StandardSave(best)))
+
+
+def restore(manager, state: TrainState, best: dict):
+  """The latest checkpoint, with the learning rates of `state` (the current config's:
+  inject_hyperparams keeps them in the optimizer state, which would otherwise bring
+  back the checkpoint's)."""
+  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(state), best=ocp.args.StandardRestore(best)))
+  logging.info("resumed from step %d", manager.latest_step())
+  opt_state = restored.state.opt_state._replace(hyperparams=state.opt_state.hyperparams)
+  return restored.state.replace(opt_state=opt_state), restored.best
+
+
+def initial_best(state: TrainState, num_replicas: int) -> dict:
+  """The best-validation bookkeeping before any validation: copies of the parameters."""
+  return {"params": jax.tree.map(jnp.copy, state.params),
+          "accuracy": jnp.full(num_replicas, -1.0),
+          "step": jnp.zeros(num_replicas, jnp.int32)}
+
+
+def load_run_params(workdir: str) -> tuple[nnx.GraphDef, nnx.State, ml_collections.ConfigDict]:
+  """(graphdef, params, config) of the finished single run in `workdir`.
+
+  The parameters are those its test results were computed with: the best-validation
+  ones, or the last with train.select_by='final'. Used to hold a trained model fixed,
+  e.g. as the image prior q(x) of another run (objective.image_prior='pretrained').
+  """
+  config_path = os.path.join(workdir, "config.json")
+  checkpoint_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.isfile(config_path) or not os.path.isdir(checkpoint_dir):
+    raise ValueError(f"workdir {workdir!r}: expected a finished single run of untapped-train "
+                     "(config.json and checkpoints/ in it).")
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  if config.num_seeds != 1:
+    raise ValueError(f"workdir {workdir!r} holds a population of {config.num_seeds}; expected "
+                     "a single run (num_seeds=1), or one seed's folder trained alone.")
+  config.model.hidden = tuple(config.model.hidden)
+  graphdef, _, state = train_state_lib.create_train_state(config, seed=config.seed)
+  state = train_state_lib.stack([state])
+  with manager(checkpoint_dir) as m:
+    if m.latest_step() is None:
+      raise ValueError(f"workdir {workdir!r}: no checkpoint in {checkpoint_dir}.")
+    state, best = restore(m, state, initial_best(state, 1))
+  params = state.params if config.train.select_by == "final" else best["params"]
+  return graphdef, train_state_lib.unstack(params, 0), config

@@ -1,0 +1,68 @@
+"""One replica's train state (parameters, Adam state, rng, step) and its optimizer.
+
+A population's state is the replicas' states stacked on a leading [S] axis (`stack`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from flax import nnx
+from flax import struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from untapped_jax import models
+from untapped_jax import rng as rng_lib
+
+
+@struct.dataclass
+class TrainState:
+  """One replica's state; a population's has a leading [S] axis on every leaf."""
+  step: jax.Array
+  params: nnx.State
+  opt_state: optax.OptState
+  rng: jax.Array
+
+
+def create_train_state(config, *, seed: int):
+  """Returns (graphdef, tx, state) for one fresh replica initialised from `seed`."""
+  graphdef, params = nnx.split(models.build(config.model, seed=seed))
+  tx = make_optimizer(config.train)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=tx.init(params), rng=rng_lib.key(seed, rng_lib.Stream.TRAIN))
+  return graphdef, tx, state
+
+
+def stack(trees: Sequence[Any], *, xp=jnp) -> Any:
+  """[tree, ...] -> one tree with a leading replica axis on every leaf (xp=np keeps
+  host data on the host)."""
+  return jax.tree.map(lambda *leaves: xp.stack(leaves), *trees)
+
+
+def unstack(tree: Any, index: int) -> Any:
+  """Replica `index` of a stacked tree."""
+  return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+  """Adam (learning_rate, adam_eps) after optional clipping: the global norm to
+  clip_global_norm, then each element to [-clip_value, clip_value] (0: off).
+
+  The learning rate lives in the optimizer state (optax.inject_hyperparams), so
+  the replicas of a population can each have their own.
+  """
+  clips = []
+  for key, clip in (("clip_global_norm", optax.clip_by_global_norm), ("clip_value", optax.clip)):
+    value = train_config[key]
+    if value < 0:
+      raise ValueError(f"train.{key}={value}; expected >= 0 (0: no clipping).")
+    if value:
+      clips.append(clip(value))
+  if not train_config.learning_rate > 0:
+    raise ValueError(f"train.learning_rate={train_config.learning_rate}; expected > 0.")
+  adam = optax.inject_hyperparams(
+      lambda learning_rate: optax.chain(*clips, optax.adam(learning_rate,
+                                                            eps=train_config.adam_eps)))
+  return adam(learning_rate=train_config.learning_rate)
