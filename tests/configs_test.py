@@ -155,22 +155,13 @@ def test_m2_benchmark_sweep():
 # ----------------------------------------------------------------------------- command line
 
 
-@pytest.fixture(scope="module")
-def jax_cache_dir(tmp_path_factory):
-  # The session's persistent compilation cache (poster_smoke_test.py fills it too):
-  # the subprocess reuses the compiled evaluation and initialisation functions.
-  path = tmp_path_factory.getbasetemp() / "jax_cache"
-  path.mkdir(exist_ok=True)
-  return str(path)
-
-
 @pytest.fixture
-def cli_env(tmp_path, jax_cache_dir):
+def cli_env(tmp_path, session_caches):
+  # The session's compilation cache (conftest.py) comes with os.environ, so the
+  # subprocess reuses the compiled evaluation and initialisation functions.
+  del session_caches
   return dict(os.environ, UNTAPPED_DATA_DIR=DATA_DIR,
-              UNTAPPED_CACHE_DIR=str(tmp_path / "evaluator_cache"),
-              JAX_COMPILATION_CACHE_DIR=jax_cache_dir,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+              UNTAPPED_CACHE_DIR=str(tmp_path / "evaluator_cache"))
 
 
 @pytest.mark.slow

@@ -48,29 +48,10 @@ def load_poster_config(arg: str, cache_dir: str):
 
 
 @pytest.fixture(scope="module")
-def cache_dirs(tmp_path_factory):
-  """The session's evaluator cache (shared with semantic_test.py) and a persistent
-  JAX compilation cache, so the repeated run below does not compile again."""
-  base = tmp_path_factory.getbasetemp()
-  evaluator_dir, jax_dir = base / "evaluator_cache", base / "jax_cache"
-  evaluator_dir.mkdir(exist_ok=True)
-  jax_dir.mkdir(exist_ok=True)
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  old = {name: getattr(jax.config, name) for name in names}
-  jax.config.update("jax_compilation_cache_dir", str(jax_dir))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setenv("UNTAPPED_CACHE_DIR", str(evaluator_dir))  # never ~/.cache
-    yield str(evaluator_dir)
-  for name, value in old.items():
-    jax.config.update(name, value)
-  try:  # stop later tests of the session from using the folder
-    from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
-    compilation_cache.reset_cache()
-  except (ImportError, AttributeError):
-    pass
+def cache_dirs(session_caches):
+  """The session's evaluator cache (conftest.py), which also holds the compiled programs,
+  so the repeated run below does not compile again."""
+  return session_caches
 
 
 @pytest.fixture(scope="module")

@@ -220,14 +220,9 @@ def mnist_data():
 
 
 @pytest.fixture(scope="module")
-def evaluator_cache_dir(tmp_path_factory):
-  # One folder per session (shared with poster_smoke_test.py), so the evaluator is
-  # trained once; never ~/.cache.
-  path = tmp_path_factory.getbasetemp() / "evaluator_cache"
-  path.mkdir(exist_ok=True)
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setenv(semantic.CACHE_ENV_VAR, str(path))
-    yield str(path)
+def evaluator_cache_dir(session_caches):
+  # The session's folder (conftest.py), so each evaluator is trained once; never ~/.cache.
+  return session_caches
 
 
 @pytest.fixture(scope="module")

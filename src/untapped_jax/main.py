@@ -7,6 +7,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from untapped_jax import compilation_cache
 from untapped_jax import train
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
@@ -21,6 +22,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  compilation_cache.enable()
   train.initialize_distributed()
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, eval_only=_EVAL_ONLY.value)
 

@@ -271,7 +271,9 @@ def main(argv):
                          "expected 0 <= shard < num_shards.")
   points = load_points(f["config"].config_filename)
   if not f.report_only:
+    from untapped_jax import compilation_cache  # pylint: disable=g-import-not-at-top
     from untapped_jax import train  # pylint: disable=g-import-not-at-top
+    compilation_cache.enable()
     train.initialize_distributed()
     run_points(f.config, points, f.workdir, shard=f.shard, num_shards=f.num_shards,
                max_population=f.max_population)

@@ -1,0 +1,36 @@
+"""The session's shared caches.
+
+One evaluator cache and one persistent JAX compilation cache for the whole session
+and the subprocesses it starts: $UNTAPPED_CACHE_DIR when set (CI sets it), else a
+folder of the session. A train step, evaluator or bound compiled by one test is then
+loaded from disk by the next test, or by a killed-and-restarted run, instead of being
+compiled again; loaded executables compute the same bytes, so no test's result moves.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_caches(tmp_path_factory):
+  root = os.environ.get("UNTAPPED_CACHE_DIR") or str(tmp_path_factory.getbasetemp() / "cache")
+  os.environ["UNTAPPED_CACHE_DIR"] = root
+  compiled = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(root,
+                                                                         "jax_compilation")
+  # The environment carries the settings into subprocesses (kill and CLI tests).
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=compiled,
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+  jax.config.update("jax_compilation_cache_dir", compiled)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+  try:  # anything compiled during collection initialised the cache without a folder
+    from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
+    compilation_cache.reset_cache()
+  except (ImportError, AttributeError):
+    pass
+  yield root
