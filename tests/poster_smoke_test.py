@@ -16,7 +16,6 @@ import os
 import pathlib
 
 from flax import nnx
-import jax
 import matplotlib.image
 import numpy as np
 import pytest
