@@ -166,6 +166,10 @@ def test_accuracies_recomputed_from_best_params(runs, model):
                                                 abs=0.03)
   assert r["seen_accuracy"] == pytest.approx(np.mean(mapped[~held] == labels[~held]),
                                              abs=0.03)
+  assignment = np.asarray(r["test_digit_assignment"])  # [digit, dimension]
+  np.testing.assert_array_equal(assignment.sum(1), np.bincount(labels, minlength=10))
+  ours = np.array([[np.sum((labels == d) & (pred == k)) for k in range(10)] for d in range(10)])
+  assert np.abs(assignment - ours).sum() <= 0.02 * len(labels)  # our draw's noise only
 
 
 @pytest.mark.parametrize("model", MODELS)

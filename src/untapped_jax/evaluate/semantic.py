@@ -369,7 +369,12 @@ def semantic_report(graphdef, params, evaluators: dict[str, Any], *, test_images
                                                         digits=seen_digits),
             f"{prefix}permuted_test_accuracy": permuted_accuracy(predicted, test_labels, perm)}
 
+  # Which dimension the classifier gives each real test digit: [10 digits, K dims] counts,
+  # where a digit that no dimension generates (a missing digit) goes instead.
+  assignment = np.zeros((NUM_DIGITS, k), np.int64)
+  np.add.at(assignment, (np.asarray(test_labels), predicted), 1)
   results: dict[str, Any] = {
+      "test_digit_assignment": assignment.tolist(),
       "heldout_digits": heldout,
       "self_consistency": float(np.mean(own == np.arange(k)[:, None])),
       "self_consistency_per_dimension": np.mean(own == np.arange(k)[:, None], 1).tolist(),
