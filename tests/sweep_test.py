@@ -490,3 +490,16 @@ def test_command_line_sweep_trains_one_population_and_skips_it_on_rerun(tmp_path
   rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert "4 of 4 points already finished" in rerun.stderr
+  # --eval_only evaluates every population again from its checkpoint and trains nothing:
+  # a key lost from results.json comes back, and every file ends as the same bytes.
+  first = root / "learning_rate=0.001" / "seed_0" / "results.json"
+  before = {p: p.read_bytes() for p in root.glob("*/seed_*/results.json")}
+  metrics_before = {p: p.read_bytes() for p in root.glob("*/seed_*/metrics.jsonl")}
+  damaged = json.loads(first.read_text())
+  del damaged["test_accuracy"]
+  first.write_text(json.dumps(damaged))
+  again = subprocess.run(cmd + ["--eval_only"], capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "evaluating" in again.stderr and "again" in again.stderr
+  assert {p: p.read_bytes() for p in root.glob("*/seed_*/results.json")} == before
+  assert {p: p.read_bytes() for p in root.glob("*/seed_*/metrics.jsonl")} == metrics_before

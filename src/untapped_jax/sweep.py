@@ -1,7 +1,7 @@
 r"""Runs every point of a config file's sweep and tabulates the final metrics.
 
   untapped-sweep --config experiments/configs/poster.py:sweep=screen --workdir runs/screen \
-      [--shard 0 --num_shards 2] [--max_population 8] [--report_only] \
+      [--shard 0 --num_shards 2] [--max_population 8] [--report_only] [--eval_only] \
       [--reference model_name=m2] [--config.train.num_steps=3000]
   untapped-compare --workdir runs/compare   # the same, over poster.py:sweep=compare
 
@@ -146,13 +146,29 @@ def population_checkpoint_dir(root: str, workdirs) -> str:
 
 
 def run_points(config, points, root: str, *, shard: int, num_shards: int,
-               max_population: int = 0) -> None:
+               max_population: int = 0, eval_only: bool = False) -> None:
   """Trains this shard's populations (plan_populations; population g goes to shard
-  g mod num_shards), leaving out points already finished with the same config."""
+  g mod num_shards), leaving out points already finished with the same config.
+
+  With `eval_only`, nothing trains: every finished population is evaluated again from
+  its checkpoint (results.json rewritten, e.g. after the evaluation gained a metric).
+  """
   from untapped_jax import train  # pylint: disable=g-import-not-at-top
   plan = plan_populations(config, points, root, max_population=max_population)
   for g, members in enumerate(plan):
     if g % num_shards != shard:
+      continue
+    if eval_only:
+      done = [(c, w) for _, c, w in members if train.is_finished(c, w)]
+      workdirs = [w for _, w in done]
+      checkpoint_dir = population_checkpoint_dir(root, workdirs)
+      if done and os.path.isdir(checkpoint_dir):
+        logging.info("population %d/%d: evaluating %s again", g + 1, len(plan), workdirs)
+        train.train_population([c for c, _ in done], workdirs, checkpoint_dir=checkpoint_dir,
+                               eval_only=True)
+      elif done:
+        logging.warning("population %d/%d: no checkpoint of exactly %s (trained in other "
+                        "groupings); not evaluated again", g + 1, len(plan), workdirs)
       continue
     todo = [(c, w) for _, c, w in members if not train.is_finished(c, w)]
     if len(todo) < len(members):
@@ -256,6 +272,8 @@ def define_flags(default_config: str | None = None) -> None:
   flags.DEFINE_integer("max_population", 0,
                        "Most replicas trained in one vmapped population (0: no cap).")
   flags.DEFINE_bool("report_only", False, "Only tabulate finished points.")
+  flags.DEFINE_bool("eval_only", False,
+                    "Evaluate every finished population again from its checkpoint; no training.")
   flags.DEFINE_string("reference", "model_name=m2",
                       "The variant that paired differences are taken against.")
   flags.DEFINE_list("metrics", None, "Metrics to tabulate (default: sweep.METRICS).")
@@ -276,7 +294,7 @@ def main(argv):
     compilation_cache.enable()
     train.initialize_distributed()
     run_points(f.config, points, f.workdir, shard=f.shard, num_shards=f.num_shards,
-               max_population=f.max_population)
+               max_population=f.max_population, eval_only=f.eval_only)
   print(write_tables(f.workdir, points, reference=f.reference,
                      metrics=tuple(f.metrics or METRICS)))
 
