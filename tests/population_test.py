@@ -186,3 +186,21 @@ def test_population_resume_is_exact(tmp_path):
     assert full.results[i] == resumed.results[i]
     steps = [json.loads(l)["step"] for l in open(os.path.join(dirs[i], "metrics.jsonl"))]
     assert steps == [10, 20, 30]
+
+
+def test_launch_by_hand_passes_process_count_and_id():
+  env = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2",
+         "JAX_PROCESS_ID": "1"}
+  assert train.distributed_arguments(env) == {
+      "coordinator_address": "127.0.0.1:1234", "num_processes": 2, "process_id": 1}
+  assert train.distributed_arguments({"SLURM_NTASKS": "4"}) == {}  # jax finds SLURM's itself
+
+
+@pytest.mark.parametrize("count,pid,named", [("", "0", "JAX_NUM_PROCESSES"),
+                                             ("2", "x", "JAX_PROCESS_ID"),
+                                             ("2", "2", "JAX_PROCESS_ID=2")])
+def test_bad_launch_by_hand_names_the_variable(count, pid, named):
+  env = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": count,
+         "JAX_PROCESS_ID": pid}
+  with pytest.raises(ValueError, match=named):
+    train.distributed_arguments(env)

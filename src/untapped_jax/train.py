@@ -421,12 +421,35 @@ def multi_host_launch(env=os.environ) -> bool:
               or count("OMPI_COMM_WORLD_SIZE") > 1)
 
 
+def distributed_arguments(env=os.environ) -> dict[str, Any]:
+  """jax.distributed.initialize's arguments for a launch by hand.
+
+  JAX finds the coordinator and the process ids itself under SLURM, Open MPI and on
+  TPU VMs, but reads only JAX_COORDINATOR_ADDRESS from the environment: with it, the
+  process count and id must come from JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  """
+  address = env.get("JAX_COORDINATOR_ADDRESS")
+  if not address:
+    return {}
+  out = {"coordinator_address": address}
+  for name, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+    value = env.get(name, "")
+    if not value.isdigit():
+      raise ValueError(f"{name}={value!r}; with JAX_COORDINATOR_ADDRESS set, expected a "
+                       "non-negative integer (JAX_NUM_PROCESSES >= 1, 0 <= JAX_PROCESS_ID < it).")
+    out[key] = int(value)
+  if not 0 <= out["process_id"] < out["num_processes"]:
+    raise ValueError(f"JAX_PROCESS_ID={out['process_id']}, JAX_NUM_PROCESSES="
+                     f"{out['num_processes']}; expected 0 <= JAX_PROCESS_ID < JAX_NUM_PROCESSES.")
+  return out
+
+
 def initialize_distributed() -> None:
-  """jax.distributed.initialize() under a multi-host launcher (jax reads the
-  coordinator and the process ids from the launcher's variables)."""
+  """jax.distributed.initialize() under a multi-host launcher (distributed_arguments)."""
   if multi_host_launch():
-    logging.info("multi-host launch: jax.distributed.initialize()")
-    jax.distributed.initialize()
+    arguments = distributed_arguments()
+    logging.info("multi-host launch: jax.distributed.initialize(%s)", arguments)
+    jax.distributed.initialize(**arguments)
 
 
 def replica_configs(config) -> list[ml_collections.ConfigDict]:
