@@ -25,7 +25,9 @@ def setup():
   config = default.get_config()
   config.model.hidden = (32,)
   config.model.latent_dim = 4
-  model = models.build(config.model, seed=3)
+  # A seed whose fresh classifier predicts four digits on these images (most seeds
+  # predict one or two), so the accuracy check compares more than a constant.
+  model = models.build(config.model, seed=8)
   graphdef, params = nnx.split(model)
   data = mnist.load_folder(DATA_DIR)
   split = splits_lib.Split(images=data["test_images"][:N], labels=data["test_labels"][:N])

@@ -49,11 +49,13 @@ def train_one(config, workdir):
 
 def assert_replica_matches(population, i, single):
   """Replica i of a population against a population of one: same numbers to float
-  tolerance (vmapping reorders reductions) after 20 Adam steps."""
+  tolerance (vmapping reorders reductions) after 20 Adam steps. Adam divides by the
+  root of the second moment, so a parameter whose gradients are near zero can move by
+  a few 1e-5 on a reordering alone: atol 5e-5 against steps of lr = 1e-3."""
   a = jax.tree.leaves(jax.device_get(train_state.unstack(population.state.params, i)))
   b = jax.tree.leaves(jax.device_get(train_state.unstack(single.state.params, 0)))
   for x, y in zip(a, b):
-    np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(x, y, rtol=2e-4, atol=5e-5)
   ra, rb = population.results[i], single.results[0]
   assert ra["seed"] == rb["seed"]
   assert ra["test_accuracy"] == pytest.approx(rb["test_accuracy"], abs=2e-3)
