@@ -171,7 +171,8 @@ def test_poster_headline_sweep_has_ten_seeds_per_variant():
   assert [p["config.seed"] for p in points] == sorted(p["config.seed"] for p in points)
 
 
-@pytest.mark.parametrize("name", ["compare", "screen", "headline", "headline_cpu"])
+@pytest.mark.parametrize("name", ["compare", "screen", "headline", "headline_cpu", "lambda",
+                                  "qx_ladder,prior=runs/prior", "claim"])
 def test_every_poster_point_applies(name):
   base = poster.get_config()
   for point in sweep.load_points(f"{POSTER}:sweep={name}"):
@@ -181,6 +182,32 @@ def test_every_poster_point_applies(name):
       for part in key.split(".")[1:]:
         target = target[part]
       assert target == value, (key, value)
+
+
+def test_lambda_sweep_is_objective_major_one_population_per_objective():
+  points = sweep.load_points(f"{POSTER}:sweep=lambda,seeds=2,objectives=sleep+bound,"
+                             "lams=0.1+1+10")
+  assert len(points) == 2 * 2 * 3
+  assert [p["config.objective.label_only"] for p in points] == ["sleep"] * 6 + ["bound"] * 6
+  plan = sweep.plan_populations(poster.get_config("recipe=authors"), points, "/tmp/unused")
+  assert [len(members) for members in plan] == [6, 6]  # lambda and seed are population keys
+
+
+@pytest.mark.parametrize("arg,named", [("objectives=sleep+clas_balance", "clas_balance"),
+                                       ("lams=0.1+x", "lams"), ("lams=0+1", "lambda > 0")])
+def test_bad_lambda_sweep_is_named(arg, named):
+  with pytest.raises(ValueError, match=named):
+    sweep.load_points(f"{POSTER}:sweep=lambda,{arg}")
+
+
+def test_qx_ladder_needs_its_prior_and_climbs_in_order():
+  with pytest.raises(ValueError, match="prior=WORKDIR"):
+    sweep.load_points(f"{POSTER}:sweep=qx_ladder")
+  points = sweep.load_points(f"{POSTER}:sweep=qx_ladder,seeds=1,prior=runs/prior")
+  priors = [p.get("config.objective.image_prior") for p in points]
+  assert priors == [None, "uniform", "pixel_bernoulli", "pretrained", None]
+  assert points[3]["config.objective.image_prior_workdir"] == "runs/prior"
+  assert points[4]["config.objective.label_only"] == "class_balance"
 
 
 def test_bad_sweep_name_is_named():
