@@ -80,7 +80,7 @@ def figure(runs, out: str, *, steps: int | None, title: str = "") -> None:
                 for _, s in points]
       mean = np.array([m for m, _ in stats_])
       half = np.nan_to_num(np.array([h for _, h in stats_]))
-      tag = name if prior == "pixel_bernoulli" or name != "bound" else f"{name} (q(x) {prior})"
+      tag = f"{name} (q(x) {prior})" if name == "bound" else name
       if name == "M2":
         ax.axhspan(mean[0] - half[0], mean[0] + half[0], color="0.85")
         ax.axhline(mean[0], color="0.4", ls="--", label="M2")
