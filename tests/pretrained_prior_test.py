@@ -9,11 +9,9 @@ below that log q(y); the direct estimate (sampling the prior ancestrally) must m
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
-import pathlib
 
 from flax import nnx
 import jax
@@ -28,6 +26,7 @@ from untapped_jax.evaluate import likelihood
 from untapped_jax.models import M2
 
 from numpy_reference import NumpyM2
+from poster_smoke_test import load_poster_config
 from numpy_reference import np_logsumexp
 from protocols_test import ACTIVATION
 from protocols_test import set_param
@@ -35,7 +34,6 @@ from protocols_test import set_param
 D, K = 4, 3
 ALL_X = np.array(list(itertools.product([0.0, 1.0], repeat=D)))  # [16, D]
 DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
-POSTER = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs" / "poster.py"
 
 
 def _tiny(seed: int, scale: float) -> M2:
@@ -121,23 +119,13 @@ def test_missing_prior_is_named():
     objective.pretrained_image_prior("/nonexistent")
 
 
-def _poster(arg: str):
-  spec = importlib.util.spec_from_file_location("poster_config", POSTER)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
-  config.data.dir = DATA_DIR
-  config.train.tensorboard = False
-  return config
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")
-def test_a_finished_m2_run_is_the_prior_of_an_untapped_run(tmp_path):
-  m2_config = _poster("model=m2,runlocal")
+def test_a_finished_m2_run_is_the_prior_of_an_untapped_run(tmp_path, session_caches):
+  m2_config = load_poster_config("model=m2,runlocal", session_caches)
   m2_config.eval.semantic = False
   train.train_and_evaluate(m2_config, str(tmp_path / "prior"))
-  config = _poster("model=untapped,label_only=bound,runlocal")
+  config = load_poster_config("model=untapped,label_only=bound,runlocal", session_caches)
   config.objective.image_prior = "pretrained"
   config.objective.image_prior_workdir = str(tmp_path / "prior")
   config.eval.strong_evaluator = False
