@@ -168,8 +168,18 @@ def test_accuracies_recomputed_from_best_params(runs, model):
                                              abs=0.03)
   assignment = np.asarray(r["test_digit_assignment"])  # [digit, dimension]
   np.testing.assert_array_equal(assignment.sum(1), np.bincount(labels, minlength=10))
-  ours = np.array([[np.sum((labels == d) & (pred == k)) for k in range(10)] for d in range(10)])
-  assert np.abs(assignment - ours).sum() <= 0.02 * len(labels)  # our draw's noise only
+
+  def counts(draw_seed):
+    draw = np.random.default_rng(draw_seed)
+    xb = (draw.random(test.images.shape) < test.images / 255.0).astype(np.float32)
+    p = np.concatenate([np.asarray(net.classifier(xb[i:i + 2500]).argmax(-1))
+                        for i in range(0, len(xb), 2500)])
+    return np.array([[np.sum((labels == d) & (p == k)) for k in range(10)] for d in range(10)])
+
+  # A 20-step classifier has near ties, so a binarisation draw alone moves a few percent
+  # of the images: the run's matrix must be as close to ours as two of our draws are.
+  ours, other = counts(11), counts(12)
+  assert np.abs(assignment - ours).sum() <= 1.5 * np.abs(ours - other).sum() + 0.005 * len(labels)
 
 
 @pytest.mark.parametrize("model", MODELS)
