@@ -304,8 +304,8 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
     if not eval_only and os.path.exists(stale) and files.is_writer():
       os.remove(stale)  # another config's results, about to be replaced
   placement = Placement.for_population(len(replicas))
-  numbers = placement.per_replica(train_state_lib.stack([objective.numbers_for_splits(r.config, r.splits)
-                                         for r in replicas]))
+  numbers = placement.per_replica(train_state_lib.stack(
+      [objective.numbers_for_splits(r.config, r.splits) for r in replicas]))
   created = [train_state_lib.create_train_state(c, seed=c.seed) for c in configs]
   graphdef, tx = created[0][:2]
   state = placement.per_replica(train_state_lib.stack([s for _, _, s in created]))
