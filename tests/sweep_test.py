@@ -412,7 +412,11 @@ def test_points_differing_in_population_keys_train_as_one_population(tmp_path, f
 def test_max_population_caps_the_replicas_per_population(tmp_path, fake_train):
   sweep.run_points(poster.get_config(), COMPARE, str(tmp_path), shard=0, num_shards=1,
                    max_population=2)
-  assert [len(p) for p in fake_train] == [2, 2, 1, 2, 2, 1]
+  # Taken in turn: the m2 and untapped populations of seeds 0-1, then of 2-3, then of 4.
+  assert [[(s, m) for s, m, _ in p] for p in fake_train] == [
+      [(0, "m2"), (1, "m2")], [(0, "untapped"), (1, "untapped")],
+      [(2, "m2"), (3, "m2")], [(2, "untapped"), (3, "untapped")],
+      [(4, "m2")], [(4, "untapped")]]
   assert ran_points(fake_train) == sorted((p["config.seed"], p["config.model_name"])
                                           for p in COMPARE)
   with pytest.raises(ValueError, match="max_population=-1"):

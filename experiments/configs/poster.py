@@ -245,8 +245,10 @@ HEADLINE_VARIANTS = [SCREEN_VARIANTS[0], SCREEN_VARIANTS[3]]
 # Added after the whole screen (class_balance led it), before its seeds 1-4 ran.
 HEADLINE_CPU_VARIANTS = HEADLINE_VARIANTS + [SCREEN_VARIANTS[4]]
 # Chosen from the lambda sweep (README, "The claim at full strength"), before its ten
-# seeds ran: M2 against class_balance at lambda 0.3 (gate passed in both sweep seeds)
-# and at lambda 3 (ten digits under both protocols in both seeds), the authors' recipe.
+# seeds ran: M2 against class_balance at lambda 3, the one lambda with ten digits under
+# both protocols in both sweep seeds. Lambda 0.3 (the gate in both, but 9 digits under
+# the authors' protocol in both) was dropped before running: no accelerator, and 30 runs
+# do not fit a 3-hour CPU session where 20 do.
 CLAIM_VARIANTS = [SCREEN_VARIANTS[0]] + [
     {"config.model_name": "untapped", "config.objective.label_only": "class_balance",
-     "config.objective.label_only_weight": lam} for lam in (0.3, 3.0)]
+     "config.objective.label_only_weight": 3.0}]

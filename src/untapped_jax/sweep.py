@@ -122,6 +122,10 @@ def plan_populations(config, points, root: str, *, max_population: int = 0
   differ only in train.POPULATION_KEYS (seeds, weights, learning rate, ...), in the
   points' order, each at most `max_population` long (0: no cap).
 
+  Capped groups are taken in turn (the first chunk of every group, then the second, ...):
+  a seed-major sweep cut short, or still running, has every variant at its first seeds,
+  so paired comparisons can be read off it at any time.
+
   The plan covers finished points too, so every shard process computes the same plan
   whatever the others have finished.
   """
@@ -132,11 +136,11 @@ def plan_populations(config, points, root: str, *, max_population: int = 0
   for point in points:
     c = apply_point(config, point)
     groups.setdefault(train.population_signature(c), []).append((point, c, point_dir(root, point)))
-  out = []
-  for members in groups.values():
-    size = max_population or len(members)
-    out += [members[i:i + size] for i in range(0, len(members), size)]
-  return out
+  chunks = [[members[i:i + (max_population or len(members))]
+             for i in range(0, len(members), max_population or len(members))]
+            for members in groups.values()]
+  return [group[j] for j in range(max(map(len, chunks), default=0))
+          for group in chunks if j < len(group)]
 
 
 def population_checkpoint_dir(root: str, workdirs) -> str:
