@@ -127,7 +127,7 @@ def test_num_seeds_trains_each_seed_once_and_summarises(tmp_path):
     ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, True), ({"SLURM_NTASKS": "4"}, True),
     ({"TPU_WORKER_HOSTNAMES": "w0,w1"}, True), ({"OMPI_COMM_WORLD_SIZE": "2"}, True)])
 def test_multi_host_launch_is_read_from_the_launchers_variables(env, expected):
-  assert train.multi_host_launch(env) is expected
+  assert launch.multi_host_launch(env) is expected
 
 
 @needs_mnist
@@ -193,9 +193,9 @@ def test_population_resume_is_exact(tmp_path):
 def test_launch_by_hand_passes_process_count_and_id():
   env = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2",
          "JAX_PROCESS_ID": "1"}
-  assert train.distributed_arguments(env) == {
+  assert launch.distributed_arguments(env) == {
       "coordinator_address": "127.0.0.1:1234", "num_processes": 2, "process_id": 1}
-  assert train.distributed_arguments({"SLURM_NTASKS": "4"}) == {}  # jax finds SLURM's itself
+  assert launch.distributed_arguments({"SLURM_NTASKS": "4"}) == {}  # jax finds SLURM's itself
 
 
 @pytest.mark.parametrize("count,pid,named", [("", "0", "JAX_NUM_PROCESSES"),
@@ -205,4 +205,4 @@ def test_bad_launch_by_hand_names_the_variable(count, pid, named):
   env = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": count,
          "JAX_PROCESS_ID": pid}
   with pytest.raises(ValueError, match=named):
-    train.distributed_arguments(env)
+    launch.distributed_arguments(env)

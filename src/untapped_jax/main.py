@@ -1,5 +1,5 @@
 """Command line: untapped-train --config FILE[:ARG] --workdir DIR [--config.key=value]
-[--eval_only]."""
+[--eval_only] [--debug]."""
 
 import os
 
@@ -8,6 +8,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from untapped_jax import compilation_cache
+from untapped_jax import launch
 from untapped_jax import train
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
@@ -19,11 +20,12 @@ _EVAL_ONLY = flags.DEFINE_bool(
 flags.mark_flags_as_required(["workdir"])
 
 
+@launch.one_line_errors
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   compilation_cache.enable()
-  train.initialize_distributed()
+  launch.initialize_distributed()
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, eval_only=_EVAL_ONLY.value)
 
 

@@ -20,6 +20,7 @@ paired differences (variant minus --reference, per seed).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import importlib.util
@@ -33,11 +34,14 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+import jax
 import numpy as np
 
 from untapped_jax import files
+from untapped_jax import launch
 from untapped_jax import metric_writer
 from untapped_jax import stats
+from untapped_jax import workdir_lock
 
 
 
@@ -158,7 +162,12 @@ def run_points(config, points, root: str, *, shard: int, num_shards: int,
   its checkpoint (results.json rewritten, e.g. after the evaluation gained a metric).
   """
   from untapped_jax import train  # pylint: disable=g-import-not-at-top
+  from untapped_jax.data import mnist  # pylint: disable=g-import-not-at-top
   plan = plan_populations(config, points, root, max_population=max_population)
+  for members in plan:  # a bad point stops the sweep at start-up, not hours in
+    for _, c, _ in members:
+      train.validate(c)
+      mnist.check_source(c.data)
   for g, members in enumerate(plan):
     if g % num_shards != shard:
       continue
@@ -174,16 +183,40 @@ def run_points(config, points, root: str, *, shard: int, num_shards: int,
         logging.warning("population %d/%d: no checkpoint of exactly %s (trained in other "
                         "groupings); not evaluated again", g + 1, len(plan), workdirs)
       continue
-    todo = [(c, w) for _, c, w in members if not train.is_finished(c, w)]
-    if len(todo) < len(members):
+    unfinished = [(c, w) for _, c, w in members if not train.is_finished(c, w)]
+    if len(unfinished) < len(members):
       logging.info("population %d/%d: %d of %d points already finished", g + 1, len(plan),
-                   len(members) - len(todo), len(members))
-    if not todo:
+                   len(members) - len(unfinished), len(members))
+    if not unfinished:
       continue
-    workdirs = [w for _, w in todo]
-    logging.info("population %d/%d: %s", g + 1, len(plan), workdirs)
-    train.train_population([c for c, _ in todo], workdirs,
-                           checkpoint_dir=population_checkpoint_dir(root, workdirs))
+    with _hold_available([w for _, w in unfinished]) as held:
+      # Finished-ness is read again under the locks: another process may have finished a
+      # point between the plan and now.
+      todo = [(c, w) for c, w in unfinished if w in held and not train.is_finished(c, w)]
+      busy = [w for _, w in unfinished if w not in held]
+      if busy:
+        logging.warning("population %d/%d: %s held by another live launch; skipped here",
+                        g + 1, len(plan), busy)
+      if not todo:
+        continue
+      workdirs = [w for _, w in todo]
+      logging.info("population %d/%d: %s", g + 1, len(plan), workdirs)
+      train.train_population([c for c, _ in todo], workdirs,
+                             checkpoint_dir=population_checkpoint_dir(root, workdirs))
+
+
+@contextlib.contextmanager
+def _hold_available(workdirs: list[str]):
+  """The run folders of `workdirs` that this launch now holds (workdir_lock), the same
+  list on every process of a multi-host launch: process 0 takes the locks and the
+  others follow its answer."""
+  with (workdir_lock.hold_available(workdirs) if files.is_writer()
+        else contextlib.nullcontext(workdirs)) as held:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      mask = multihost_utils.broadcast_one_to_all(np.array([w in held for w in workdirs]))
+      held = [w for w, m in zip(workdirs, mask) if m]
+    yield held
 
 
 def load_results(root: str, points) -> dict[str, dict[int, dict]]:
@@ -284,6 +317,7 @@ def define_flags(default_config: str | None = None) -> None:
   flags.mark_flags_as_required(["workdir"] if default_config else ["config", "workdir"])
 
 
+@launch.one_line_errors
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -294,9 +328,8 @@ def main(argv):
   points = load_points(f["config"].config_filename)
   if not f.report_only:
     from untapped_jax import compilation_cache  # pylint: disable=g-import-not-at-top
-    from untapped_jax import train  # pylint: disable=g-import-not-at-top
     compilation_cache.enable()
-    train.initialize_distributed()
+    launch.initialize_distributed()
     run_points(f.config, points, f.workdir, shard=f.shard, num_shards=f.num_shards,
                max_population=f.max_population, eval_only=f.eval_only)
   print(write_tables(f.workdir, points, reference=f.reference,

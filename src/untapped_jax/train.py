@@ -13,6 +13,7 @@ MNIST's training images live on the device; each step receives only row indices.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -30,12 +31,14 @@ import tqdm
 
 from untapped_jax import checkpointing
 from untapped_jax import files
+from untapped_jax import launch
 from untapped_jax import metric_writer
 from untapped_jax import models
 from untapped_jax import objective
 from untapped_jax import rng as rng_lib
 from untapped_jax import stats
 from untapped_jax import train_state as train_state_lib
+from untapped_jax import workdir_lock
 from untapped_jax.train_state import TrainState
 from untapped_jax.data import mnist
 from untapped_jax.data import splits as splits_lib
@@ -411,47 +414,6 @@ def _finish_replica(r: Replica, graphdef, best_params, data, *, final_val, best_
   return results
 
 
-def multi_host_launch(env=os.environ) -> bool:
-  """True under a multi-host launcher: JAX_COORDINATOR_ADDRESS (with JAX_NUM_PROCESSES
-  and JAX_PROCESS_ID), SLURM with more than one task, a TPU pod slice of several
-  workers, or Open MPI with more than one process."""
-  count = lambda name: int(env.get(name, "1") or 1)
-  return bool(env.get("JAX_COORDINATOR_ADDRESS") or count("SLURM_NTASKS") > 1
-              or len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
-              or count("OMPI_COMM_WORLD_SIZE") > 1)
-
-
-def distributed_arguments(env=os.environ) -> dict[str, Any]:
-  """jax.distributed.initialize's arguments for a launch by hand.
-
-  JAX finds the coordinator and the process ids itself under SLURM, Open MPI and on
-  TPU VMs, but reads only JAX_COORDINATOR_ADDRESS from the environment: with it, the
-  process count and id must come from JAX_NUM_PROCESSES and JAX_PROCESS_ID.
-  """
-  address = env.get("JAX_COORDINATOR_ADDRESS")
-  if not address:
-    return {}
-  out = {"coordinator_address": address}
-  for name, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
-    value = env.get(name, "")
-    if not value.isdigit():
-      raise ValueError(f"{name}={value!r}; with JAX_COORDINATOR_ADDRESS set, expected a "
-                       "non-negative integer (JAX_NUM_PROCESSES >= 1, 0 <= JAX_PROCESS_ID < it).")
-    out[key] = int(value)
-  if not 0 <= out["process_id"] < out["num_processes"]:
-    raise ValueError(f"JAX_PROCESS_ID={out['process_id']}, JAX_NUM_PROCESSES="
-                     f"{out['num_processes']}; expected 0 <= JAX_PROCESS_ID < JAX_NUM_PROCESSES.")
-  return out
-
-
-def initialize_distributed() -> None:
-  """jax.distributed.initialize() under a multi-host launcher (distributed_arguments)."""
-  if multi_host_launch():
-    arguments = distributed_arguments()
-    logging.info("multi-host launch: jax.distributed.initialize(%s)", arguments)
-    jax.distributed.initialize(**arguments)
-
-
 def replica_configs(config) -> list[ml_collections.ConfigDict]:
   """config.num_seeds copies of `config` with seeds seed, seed + 1, ..."""
   if config.num_seeds < 1:
@@ -472,7 +434,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   in workdir/seed_<s>/ and returns (and writes as summary.json, .md) the per-seed
   results with each metric's mean and 95% interval. A finished run is not trained
   again. With `eval_only`, the run's last checkpoint is evaluated again instead.
+
+  The launch holds workdir's lock (workdir_lock) throughout: a second launch into a
+  workdir that a live run holds raises FolderInUse before touching anything.
   """
+  validate(config)
+  mnist.check_source(config.data)
+  check_workdir(workdir)
+  # Process 0 of a multi-host launch holds it for all; a lone process asks no backend,
+  # so a refused launch fails before JAX starts.
+  lock = not launch.multi_host_launch() or files.is_writer()
+  with workdir_lock.hold(workdir) if lock else contextlib.nullcontext():
+    return _train_and_evaluate(config, workdir, eval_only=eval_only)
+
+
+def _train_and_evaluate(config, workdir: str, *, eval_only: bool) -> dict[str, Any]:
   if config.num_seeds == 1:
     if eval_only:
       return train_population([config], [workdir], eval_only=True,

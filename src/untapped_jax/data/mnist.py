@@ -98,6 +98,19 @@ def load_tfds(data_dir: str | None = None) -> dict[str, np.ndarray]:
   return out
 
 
+def check_source(data_config: Any) -> None:
+  """load()'s folder errors without reading the files: a launch checks them before it
+  creates its workdir. (tfds is only known to work by loading.)"""
+  directory = data_config.dir or os.environ.get(ENV_VAR, "")
+  if data_config.source == "folder" and not directory:
+    raise MnistError(f"data.source='folder' needs data.dir or ${ENV_VAR} to name a folder.")
+  if data_config.source in ("folder", "auto") and directory:
+    if not os.path.isdir(directory):
+      raise MnistError(f"MNIST folder {directory!r} does not exist or is not a folder.")
+    for _, base, _, _ in FILES:
+      _find_file(directory, base)
+
+
 def load(data_config: Any) -> dict[str, np.ndarray]:
   """Loads MNIST as `data_config.source` says: 'folder', 'tfds' or 'auto'.
 

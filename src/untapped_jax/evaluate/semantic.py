@@ -22,6 +22,7 @@ import optax
 import scipy.optimize
 
 from untapped_jax import files
+from untapped_jax import workdir_lock
 from untapped_jax.data import streams as streams_lib
 
 NUM_DIGITS = 10
@@ -132,14 +133,16 @@ def load_or_train_evaluator(mnist: dict[str, np.ndarray], *, cache_dir: str | No
   digest = hashlib.sha256(version.encode() + mnist["train_images"].tobytes()
                           + mnist["train_labels"].tobytes())
   path = os.path.join(cache_dir, f"evaluator_{kind}_{digest.hexdigest()[:16]}.npz")
-  if os.path.exists(path):
-    with np.load(path) as f:
-      params = {name: f[name] for name in f.files}
-  else:
-    params = train_evaluator(mnist["train_images"], mnist["train_labels"], kind=kind)
-    os.makedirs(cache_dir, exist_ok=True)
-    with files.atomic_path(path) as tmp:
-      np.savez(tmp, **params)
+  # Processes sharing the cache (a sweep's shards, parallel test workers) wait for the
+  # first to train it instead of all training the same evaluator.
+  with workdir_lock.hold(cache_dir, wait=True):
+    if os.path.exists(path):
+      with np.load(path) as f:
+        params = {name: f[name] for name in f.files}
+    else:
+      params = train_evaluator(mnist["train_images"], mnist["train_labels"], kind=kind)
+      with files.atomic_path(path) as tmp:
+        np.savez(tmp, **params)
   accuracy = evaluator_accuracy(params, mnist["test_images"], mnist["test_labels"])
   logging.info("evaluator (%s, %s): MNIST test accuracy %.4f", kind, path, accuracy)
   return params, accuracy
