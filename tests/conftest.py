@@ -2,7 +2,8 @@
 
 One evaluator cache and one persistent JAX compilation cache for the whole session
 and the subprocesses it starts: $UNTAPPED_CACHE_DIR when set (CI sets it), else a
-folder of the session. A train step, evaluator or bound compiled by one test is then
+folder of the session (shared by pytest-xdist's workers, who wait for one another's
+evaluator through its cache lock). A train step, evaluator or bound compiled by one test is then
 loaded from disk by the next test, or by a killed-and-restarted run, instead of being
 compiled again; loaded executables compute the same bytes, so no test's result moves.
 """
@@ -17,7 +18,10 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def session_caches(tmp_path_factory):
-  root = os.environ.get("UNTAPPED_CACHE_DIR") or str(tmp_path_factory.getbasetemp() / "cache")
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n: one cache for all the workers
+    base = base.parent
+  root = os.environ.get("UNTAPPED_CACHE_DIR") or str(base / "cache")
   os.environ["UNTAPPED_CACHE_DIR"] = root
   compiled = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(root,
                                                                          "jax_compilation")

@@ -1,0 +1,63 @@
+r"""Issue 13's goal, checked run by run: the poster's claim at full strength.
+
+  python experiments/claim_verdict.py --config "experiments/configs/poster.py:sweep=claim,seeds=10" \
+      --workdir runs/study/claim [--out docs/results/claim/verdict.md]
+
+Per variant, over the seeds that finished: how many have ten distinct digits under the MLP
+evaluator AND under the authors' protocol (goal: at least 9 of 10), how many pass the gate
+(goal: all), and the mean held-out 5-9 accuracy with its 95% interval (goal: >= 0.90); then
+each seed's figures and permutation, so a miss can be read off the seed that misses.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from untapped_jax import files
+from untapped_jax import stats
+from untapped_jax import sweep
+
+TEN = ("mlp_distinct_digits", "mlp_authors_distinct_digits")
+
+
+def verdict(results: dict[str, dict[int, dict]]) -> str:
+  """Markdown: the goal table, then one row per variant and seed."""
+  lines = ["| variant | seeds | ten digits, MLP and authors' protocol | gate passed | "
+           "held-out 5-9 (MLP evaluator) | goal met |", "|---|---|---|---|---|---|"]
+  rows = ["| variant | seed | MLP digits | authors' protocol (MLP) | gate agreement | gate | "
+          "held-out 5-9 | permutation (dim -> digit) |", "|---|---|---|---|---|---|---|---|"]
+  for name, by_seed in results.items():
+    seeds = sorted(by_seed)
+    if not seeds:
+      continue
+    ten = [all(by_seed[s][k] == 10 for k in TEN) for s in seeds]
+    gate = [bool(by_seed[s]["gate_passed"]) for s in seeds]
+    heldout = [by_seed[s]["mlp_heldout_accuracy"] for s in seeds]
+    mean, half = stats.mean_and_interval(heldout)
+    met = sum(ten) >= 0.9 * len(seeds) and all(gate) and mean >= 0.9
+    lines.append(f"| {name} | {len(seeds)} | {sum(ten)} of {len(seeds)} | {sum(gate)} of "
+                 f"{len(seeds)} | {mean:.3f} ± {half:.3f} | {'yes' if met else 'no'} |")
+    for s in seeds:
+      r = by_seed[s]
+      rows.append(f"| {name} | {s} | {r['mlp_distinct_digits']} | "
+                  f"{r['mlp_authors_distinct_digits']} | {r['gate_seen_agreement']:.3f} | "
+                  f"{'pass' if r['gate_passed'] else 'fail'} | {r['mlp_heldout_accuracy']:.3f} | "
+                  f"{' '.join(map(str, r.get('mlp_semantic_permutation', [])))} |")
+  return "\n".join(lines + [""] + rows) + "\n"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", required=True, help="the sweep's FILE:ARG")
+  parser.add_argument("--workdir", required=True, help="the sweep's root folder")
+  parser.add_argument("--out", default="")
+  args = parser.parse_args()
+  results = sweep.load_results(args.workdir, sweep.load_points(args.config))
+  text = verdict(results)
+  if args.out:
+    files.write_text(args.out, text)
+  print(text)
+
+
+if __name__ == "__main__":
+  main()

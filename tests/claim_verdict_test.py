@@ -1,0 +1,36 @@
+"""experiments/claim_verdict.py: issue 13's goal counted from per-seed results."""
+
+import importlib.util
+import pathlib
+
+SPEC = importlib.util.spec_from_file_location(
+    "claim_verdict", pathlib.Path(__file__).resolve().parents[1] / "experiments" / "claim_verdict.py")
+claim_verdict = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(claim_verdict)
+
+
+def result(mlp=10, authors=10, gate=True, heldout=0.95):
+  return {"mlp_distinct_digits": mlp, "mlp_authors_distinct_digits": authors,
+          "gate_passed": gate, "gate_seen_agreement": 0.93 if gate else 0.85,
+          "mlp_heldout_accuracy": heldout, "mlp_semantic_permutation": list(range(10))}
+
+
+def goal_row(text, name):
+  return next(l for l in text.splitlines() if l.startswith(f"| {name} | ") and "of" in l)
+
+
+def test_goal_needs_nine_in_ten_every_gate_and_ninety_percent():
+  ten = {s: result(heldout=0.9 + 0.01 * (s % 3)) for s in range(10)}
+  one_short = {**ten, 3: result(authors=9, heldout=0.90)}  # 9 of 10 with ten digits: still met
+  two_short = {**one_short, 4: result(mlp=9, heldout=0.91)}
+  gate_fails = {**ten, 0: result(gate=False)}
+  low = {s: result(heldout=0.85) for s in range(10)}
+  text = claim_verdict.verdict({"ten": ten, "one_short": one_short, "two_short": two_short,
+                                "gate_fails": gate_fails, "low": low, "none": {}})
+  assert goal_row(text, "ten").endswith("| 10 of 10 | 10 of 10 | 0.909 ± 0.006 | yes |")
+  assert goal_row(text, "one_short").endswith("| 9 of 10 | 10 of 10 | 0.909 ± 0.006 | yes |")
+  assert "| 8 of 10 |" in goal_row(text, "two_short") and goal_row(text, "two_short").endswith("no |")
+  assert "| 9 of 10 | 0.9" in goal_row(text, "gate_fails") and goal_row(text, "gate_fails").endswith("no |")
+  assert goal_row(text, "low").endswith("| 0.850 ± 0.000 | no |")
+  assert "| none |" not in text  # a variant with no finished seed has no row
+  assert "| two_short | 4 | 9 | 10 | 0.930 | pass | 0.910 | 0 1 2 3 4 5 6 7 8 9 |" in text
