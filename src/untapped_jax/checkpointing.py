@@ -14,6 +14,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from untapped_jax import train_state as train_state_lib
@@ -46,9 +47,11 @@ def restore(manager, state: TrainState, best: dict):
 
 def initial_best(state: TrainState, num_replicas: int) -> dict:
   """The best-validation bookkeeping before any validation: copies of the parameters."""
+  # Host NumPy for the per-replica scalars: a checkpoint of several processes takes
+  # global arrays or NumPy, not one process's device arrays.
   return {"params": jax.tree.map(jnp.copy, state.params),
-          "accuracy": jnp.full(num_replicas, -1.0),
-          "step": jnp.zeros(num_replicas, jnp.int32)}
+          "accuracy": np.full(num_replicas, -1.0, np.float32),
+          "step": np.zeros(num_replicas, np.int32)}
 
 
 def load_run_params(workdir: str) -> tuple[nnx.GraphDef, nnx.State, ml_collections.ConfigDict]:

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from typing import Any, Sequence
 
@@ -156,8 +157,8 @@ def check_workdir(workdir: str) -> None:
   """Creates `workdir` and checks that a file can be written in it."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    files.write_text(os.path.join(workdir, ".writable"), "")
-    os.remove(os.path.join(workdir, ".writable"))
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".writable"):
+      pass  # every process of a launch checks, though only process 0 writes
   except OSError as e:
     raise ValueError(f"workdir {workdir!r} is not writable ({e}); expected a folder this "
                      "process can create files in.") from e
@@ -224,6 +225,15 @@ def _population_batch(replicas: Sequence[Replica], step: int):
   return train_state_lib.stack([streams_lib.batch_at(r.streams, step) for r in replicas], xp=np)
 
 
+def fetch(tree):
+  """jax.device_get that also reads arrays spread over several processes' devices (a
+  multi-host population split by replica): every process gets the whole value."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class Placement:
   """Where a population's arrays live on the local devices (one mesh axis 'devices').
@@ -248,8 +258,18 @@ class Placement:
   def _put(self, tree, spec_of):
     if self.mesh is None:
       return jax.device_put(tree)
-    return jax.tree.map(lambda a: jax.device_put(a, jax.sharding.NamedSharding(
-        self.mesh, spec_of(a))), tree)
+
+    def put(a):
+      if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):  # typed keys: their data
+        return jax.random.wrap_key_data(put(jax.random.key_data(a)),
+                                        impl=jax.random.key_impl(a))
+      # Every process holds the whole host array (each computes the same batches) and
+      # hands over the shards of its own devices: the multi-process way to build a
+      # global array, and the same as device_put on one process.
+      a = np.asarray(a)
+      sharding = jax.sharding.NamedSharding(self.mesh, spec_of(a))
+      return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+    return jax.tree.map(put, tree)
 
   def replicated(self, tree):
     return self._put(tree, lambda a: jax.sharding.PartitionSpec())
@@ -382,9 +402,10 @@ def _evaluate_checkpoint(replicas, manager, state, best, *, graphdef, data, eval
 def _replace_best(best: dict, i: int, params, accuracy: float, step: int) -> dict:
   """best with replica i's entry set to (params, accuracy, step); copies, never aliases
   the train state (whose buffers the next step donates)."""
+  accuracies, steps = np.array(best["accuracy"]), np.array(best["step"])
+  accuracies[i], steps[i] = accuracy, step
   return {"params": jax.tree.map(lambda b, p: b.at[i].set(p), best["params"], params),
-          "accuracy": best["accuracy"].at[i].set(accuracy),
-          "step": best["step"].at[i].set(step)}
+          "accuracy": accuracies, "step": steps}
 
 
 def _finish_replica(r: Replica, graphdef, best_params, data, *, final_val, best_accuracy,
@@ -545,7 +566,7 @@ def _train_loop(config, replicas, state, best, *, train_step, numbers, images, m
   num_steps, time_limit = config.train.num_steps, config.train.time_limit_s
   select_best = config.train.select_by == "validation_accuracy"
   history, start_time = [], time.time()
-  first = int(jax.device_get(state.step[0]))
+  first = int(fetch(state.step)[0])
   last_accuracy = [float("nan")] * len(replicas)
   bar = tqdm.trange(first, num_steps, disable=not config.train.progress_bar,
                     desc="train", dynamic_ncols=True)
@@ -558,7 +579,7 @@ def _train_loop(config, replicas, state, best, *, train_step, numbers, images, m
       logging.info("train.time_limit_s=%s reached at step %d", time_limit, done)
       num_steps = done  # end here as if configured so: log, evaluate, checkpoint
     if done % config.train.log_every == 0 or done == num_steps:
-      window = train_state_lib.stack(jax.device_get(history), xp=np)  # name -> [steps, S]
+      window = train_state_lib.stack(fetch(history), xp=np)  # name -> [steps, S]
       _check_finite(window, first_step=done - len(history) + 1, replicas=replicas,
                     manager=manager)
       means = {k: np.mean(v, axis=0) for k, v in window.items()}
@@ -587,4 +608,4 @@ def _train_loop(config, replicas, state, best, *, train_step, numbers, images, m
     if done == num_steps:
       break
   manager.wait_until_finished()
-  return state, best, int(jax.device_get(state.step[0])), time.time() - start_time
+  return state, best, int(fetch(state.step)[0]), time.time() - start_time
