@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from untapped_jax import launch
 from untapped_jax import sweep
 from untapped_jax import train
 from untapped_jax import train_state

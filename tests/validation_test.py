@@ -6,6 +6,7 @@ import pytest
 
 from untapped_jax import sweep
 from untapped_jax import train
+from untapped_jax.data import mnist
 from untapped_jax.configs import default
 
 
@@ -54,12 +55,18 @@ def test_bad_config_is_a_clear_error_before_data_and_files(tmp_path, overrides, 
 
 def test_unwritable_workdir_is_named(tmp_path):
   (tmp_path / "a_file").write_text("")
+  # A data folder that passes the start-up check (the four IDX names exist), so the
+  # workdir is the first thing found wrong.
+  (tmp_path / "mnist").mkdir()
+  for _, base, _, _ in mnist.FILES:
+    (tmp_path / "mnist" / base).write_bytes(b"")
   with pytest.raises(ValueError, match=r"workdir .*a_file/run.* is not writable"):
-    train.train_and_evaluate(config_with(), str(tmp_path / "a_file" / "run"))
+    train.train_and_evaluate(config_with(**{"data.dir": str(tmp_path / "mnist")}),
+                             str(tmp_path / "a_file" / "run"))
 
 
 def test_valid_config_gets_as_far_as_the_data(tmp_path):
   # The default config passes validation; the next failure is the missing data folder.
   with pytest.raises(ValueError, match="/nonexistent/mnist"):
     train.train_and_evaluate(config_with(), str(tmp_path / "run"))
-  assert os.listdir(tmp_path / "run") == []  # nothing half-written
+  assert not (tmp_path / "run").exists()  # checked before the workdir is made

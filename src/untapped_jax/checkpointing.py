@@ -1,7 +1,9 @@
 """Orbax checkpoints of a population, and the parameters of a finished run.
 
 A checkpoint holds the stacked train state and the best-validation bookkeeping
-(`best`: params, accuracy and step per replica); only the latest one is kept.
+(`best`: params, accuracy and step per replica). The latest two are kept, so a newest one
+that cannot be read (a disk filled or a file damaged after its commit) costs one
+checkpoint interval, not the run.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def manager(checkpoint_dir: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.abspath(checkpoint_dir),
       # A run killed mid-save leaves a temporary folder; the rerun removes it.
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True,
                                            cleanup_tmp_directories=True))
 
 
@@ -34,13 +36,42 @@ def save(manager, step: int, state: TrainState, best: dict) -> None:
                                              best=ocp.args.StandardSave(best)))
 
 
+class NoGoodCheckpoint(ValueError):
+  """Every checkpoint of a folder failed to restore."""
+
+
 def restore(manager, state: TrainState, best: dict):
-  """The latest checkpoint, with the learning rates of `state` (the current config's:
-  inject_hyperparams keeps them in the optimizer state, which would otherwise bring
-  back the checkpoint's)."""
-  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(state), best=ocp.args.StandardRestore(best)))
-  logging.info("resumed from step %d", manager.latest_step())
+  """The latest checkpoint that restores, with the learning rates of `state` (the current
+  config's: inject_hyperparams keeps them in the optimizer state, which would otherwise
+  bring back the checkpoint's).
+
+  Newer ones that fail are tried no more once an older one restores: they are moved
+  aside as STEP.unreadable (kept for a post-mortem, invisible to orbax). If none
+  restores, nothing is moved and NoGoodCheckpoint names the folder.
+  """
+  args = ocp.args.Composite(state=ocp.args.StandardRestore(state),
+                            best=ocp.args.StandardRestore(best))
+  failures = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(step, args=args)
+      break
+    except Exception as e:  # pylint: disable=broad-except  (orbax and tensorstore raise many)
+      reason = " ".join(str(e).split())[:200]
+      failures.append((step, f"step {step}: {type(e).__name__}: {reason}"))
+      logging.warning("checkpoint at step %d cannot be restored (%s); trying the one before",
+                      step, reason)
+  else:
+    raise NoGoodCheckpoint(
+        f"checkpoints in {str(manager.directory)!r}: none restores "
+        f"({'; '.join(f for _, f in failures)}); remove that folder to train from the start.")
+  if failures:
+    if jax.process_index() == 0:
+      for bad, _ in failures:
+        folder = os.path.join(str(manager.directory), str(bad))
+        os.replace(folder, f"{folder}.unreadable")
+    manager.reload()
+  logging.info("resumed from step %d", step)
   opt_state = restored.state.opt_state._replace(hyperparams=state.opt_state.hyperparams)
   return restored.state.replace(opt_state=opt_state), restored.best
 
