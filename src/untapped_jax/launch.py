@@ -18,7 +18,7 @@ _DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of a start-up err
 
 # What a bad config, data folder or workdir raises: each names the key or path, the value
 # and what is accepted. Anything else is a bug and keeps its traceback.
-# (checkpointing.NoGoodCheckpoint is a ValueError.)
+# (saved_state.NoGoodCheckpoint is a ValueError.)
 STARTUP_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
                   workdir_lock.FolderInUse)
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from untapped_jax import checkpointing
+from untapped_jax import saved_state
 from untapped_jax import rng as rng_lib
 from untapped_jax.bounds import m2
 from untapped_jax.bounds import untapped
@@ -156,7 +156,7 @@ def pretrained_image_prior(workdir: str) -> tuple[nnx.GraphDef, nnx.State]:
     raise ValueError("objective.image_prior='pretrained' needs objective.image_prior_workdir: "
                      "the workdir of a finished untapped-train run (its U(x) is log q(x)).")
   try:
-    graphdef, params, _ = checkpointing.load_run_params(workdir)
+    graphdef, params, _ = saved_state.load_run_params(workdir)
   except ValueError as e:
     raise ValueError(f"objective.image_prior_workdir: {e}") from None
   return graphdef, jax.tree.map(lambda a: np.asarray(a, np.float32), jax.device_get(params))

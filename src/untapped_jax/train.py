@@ -30,7 +30,7 @@ import numpy as np
 import optax
 import tqdm
 
-from untapped_jax import checkpointing
+from untapped_jax import saved_state
 from untapped_jax import files
 from untapped_jax import launch
 from untapped_jax import metric_writer
@@ -339,10 +339,10 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
     return heldout.evaluate(graphdef, params, split, batch_size=config.train.eval_batch_size,
                             binarization=config.data.binarization, seed=r.config.seed)
 
-  best = checkpointing.initial_best(state, len(replicas))
-  manager = checkpointing.manager(checkpoint_dir)
+  best = saved_state.initial_best(state, len(replicas))
+  manager = saved_state.manager(checkpoint_dir)
   if manager.latest_step() is not None:
-    state, best = checkpointing.restore(manager, state, best)
+    state, best = saved_state.restore(manager, state, best)
   if eval_only:
     return _evaluate_checkpoint(replicas, manager, state, best, graphdef=graphdef, data=data,
                                 evaluate_on=evaluate_on)
@@ -604,7 +604,7 @@ def _train_loop(config, replicas, state, best, *, train_step, numbers, images, m
     if (every and done % every == 0) or done == num_steps:
       # A copy: the next step donates (deletes) the state's buffers while orbax may
       # still be writing them in the background.
-      checkpointing.save(manager, done, jax.tree.map(jnp.copy, state), best)
+      saved_state.save(manager, done, jax.tree.map(jnp.copy, state), best)
     if done == num_steps:
       break
   manager.wait_until_finished()

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from untapped_jax import checkpointing
+from untapped_jax import saved_state
 from untapped_jax import train
 
 import population_test
@@ -60,7 +60,7 @@ def test_no_readable_checkpoint_is_one_line_naming_the_folder(tmp_path):
   unfinish(workdir)
   for step in ("10", "20"):
     damage(workdir / "checkpoints" / step)
-  with pytest.raises(checkpointing.NoGoodCheckpoint, match="none restores"):
+  with pytest.raises(saved_state.NoGoodCheckpoint, match="none restores"):
     train.train_and_evaluate(config, str(workdir))
   # The command line: the same as one line on stderr, exit status 2.
   flags = [f"--config.{k}={v}" for k, v in {
