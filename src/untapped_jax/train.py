@@ -484,14 +484,20 @@ def _train_and_evaluate(config, workdir: str, *, eval_only: bool) -> dict[str, A
   workdirs = [os.path.join(workdir, f"seed_{c.seed}") for c in configs]
   todo = [i for i, (c, w) in enumerate(zip(configs, workdirs))
           if eval_only or not is_finished(c, w)]
-  if todo:
-    train_population([configs[i] for i in todo], [workdirs[i] for i in todo],
-                     checkpoint_dir=os.path.join(workdir, "checkpoints"), eval_only=eval_only)
   per_seed = {}
+  if todo:
+    population = train_population([configs[i] for i in todo], [workdirs[i] for i in todo],
+                                  checkpoint_dir=os.path.join(workdir, "checkpoints"),
+                                  eval_only=eval_only)
+    # What results.json holds, from memory: on a multi-host launch only process 0 writes
+    # the files, so the others cannot read them back.
+    per_seed = {configs[i].seed: json.loads(json.dumps(r))
+                for i, r in zip(todo, population.results)}
   for c, w in zip(configs, workdirs):  # results.json only: no clock times in the summary
-    with open(os.path.join(w, "results.json")) as f:
-      per_seed[c.seed] = json.load(f)
-  return write_summary(workdir, per_seed)
+    if c.seed not in per_seed:
+      with open(os.path.join(w, "results.json")) as f:
+        per_seed[c.seed] = json.load(f)
+  return write_summary(workdir, dict(sorted(per_seed.items())))
 
 
 def write_summary(workdir: str, per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
