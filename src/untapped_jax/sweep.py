@@ -140,11 +140,11 @@ def plan_populations(config, points, root: str, *, max_population: int = 0
   for point in points:
     c = apply_point(config, point)
     groups.setdefault(train.population_signature(c), []).append((point, c, point_dir(root, point)))
-  chunks = [[members[i:i + (max_population or len(members))]
-             for i in range(0, len(members), max_population or len(members))]
-            for members in groups.values()]
-  return [group[j] for j in range(max(map(len, chunks), default=0))
-          for group in chunks if j < len(group)]
+  chunks = []
+  for members in groups.values():
+    size = max_population or len(members)
+    chunks.append([members[i:i + size] for i in range(0, len(members), size)])
+  return [c for turn in itertools.zip_longest(*chunks) for c in turn if c is not None]
 
 
 def population_checkpoint_dir(root: str, workdirs) -> str:
