@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from untapped_jax import launch
+from untapped_jax import population as population_lib
+from untapped_jax import run_dir
 from untapped_jax import sweep
 from untapped_jax import train
 from untapped_jax import train_state
@@ -91,15 +93,15 @@ def test_population_replicas_equal_separate_runs(tmp_path, model_name, overrides
 
 def test_check_population_names_the_keys_that_differ():
   base = tiny_config()
-  train.check_population([base, tiny_config(seed=5, **{"train.learning_rate": 0.01})])
+  population_lib.check_population([base, tiny_config(seed=5, **{"train.learning_rate": 0.01})])
   with pytest.raises(ValueError, match=r"model\.latent_dim"):
-    train.check_population([base, tiny_config(**{"model.latent_dim": 4})])
+    population_lib.check_population([base, tiny_config(**{"model.latent_dim": 4})])
   with pytest.raises(ValueError, match=r"label_only_weight"):  # switches the term off
-    train.check_population([tiny_config(model_name="untapped"),
+    population_lib.check_population([tiny_config(model_name="untapped"),
                             tiny_config(model_name="untapped",
                                         **{"objective.label_only_weight": 0.0})])
   with pytest.raises(ValueError, match="at least one"):
-    train.check_population([])
+    population_lib.check_population([])
 
 
 @needs_mnist
@@ -144,7 +146,7 @@ def test_non_finite_loss_stops_naming_step_and_term_and_keeps_the_checkpoint(tmp
   kept = [int(d) for d in os.listdir(tmp_path / "run" / "checkpoints") if d.isdigit()]
   assert kept and max(kept) == failed - 1  # the last good state, nothing after it
   assert not (tmp_path / "run" / "results.json").exists()
-  assert not train.is_finished(bad, str(tmp_path / "run"))
+  assert not run_dir.is_finished(bad, str(tmp_path / "run"))
 
 
 @needs_mnist

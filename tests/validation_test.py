@@ -1,7 +1,5 @@
 """Bad configs fail at start-up, before any data is read, naming the key and value."""
 
-import os
-
 import pytest
 
 from untapped_jax import sweep

@@ -21,6 +21,8 @@ Arguments (comma separated):
   sweep=NAME          which get_hyper sweep: compare | screen | headline | headline_cpu |
                       lambda | qx_ladder | claim;
   seeds=N             seeds 0..N-1 of the headline and lambda sweeps (default 10);
+  first_seed=N        start the sweeps at seed N instead of 0 (seeds N..seeds-1: the rest of
+                      a sweep whose first seeds finished elsewhere; run folders are the same);
   objectives=A+B      sweep=lambda: the label-only objectives, '+'-separated;
   lams=F+F            sweep=lambda: the grid of lambda, '+'-separated;
   prior=WORKDIR       sweep=qx_ladder: a finished run whose U(x) is the pretrained q(x);
@@ -36,7 +38,7 @@ RECIPES = ("ours", "authors")
 
 
 ARG_DEFAULTS = dict(model="untapped", recipe="ours", label_only="", lam=-1.0, per_class=100,
-                    batch=0, steps=0, sweep="compare", seeds=10, runlocal=False,
+                    batch=0, steps=0, sweep="compare", seeds=10, first_seed=0, runlocal=False,
                     objectives="class_balance+batch_posterior+sleep+bound",
                     lams="0.03+0.1+0.3+1+3+10+30", prior="")
 SWEEPS = ("compare", "screen", "headline", "headline_cpu", "lambda", "qx_ladder", "claim")
@@ -52,7 +54,7 @@ def get_config(arg=None):
   per_class = args["per_class"]  # parse_arg has made it an int, like each default
   if per_class < 1 and per_class != -1:
     raise ValueError(f"per_class={per_class!r}; expected a positive integer or -1.")
-  for key in ("batch", "steps", "seeds"):
+  for key in ("batch", "steps", "seeds", "first_seed"):
     if args[key] < 0:
       raise ValueError(f"{key}={args[key]!r}; expected a positive integer.")
   c = default.get_config()
@@ -153,11 +155,14 @@ def get_hyper(hyper, arg=None):
   class_balance, chosen after the whole screen, for the reduced-scale runs on the CPU.
   """
   args = parse_arg(arg, **ARG_DEFAULTS)
+  if not 0 <= args["first_seed"] < args["seeds"]:
+    raise ValueError(f"first_seed={args['first_seed']!r}; expected 0 <= first_seed < "
+                     f"seeds={args['seeds']}.")
   sweep = args["sweep"]
   if sweep not in SWEEPS:
     raise ValueError(f"sweep={sweep!r}; expected one of {SWEEPS}.")
   if sweep == "compare":
-    return hyper.product([hyper.sweep("config.seed", list(range(args["seeds"]))),
+    return hyper.product([hyper.sweep("config.seed", _seeds(args)),
                           hyper.sweep("config.model_name", ["m2", "untapped"])])
   if sweep == "lambda":
     return lambda_sweep(hyper, args)
@@ -165,9 +170,13 @@ def get_hyper(hyper, arg=None):
     return qx_ladder_sweep(args)
   variants = {"screen": SCREEN_VARIANTS, "headline": HEADLINE_VARIANTS,
               "headline_cpu": HEADLINE_CPU_VARIANTS, "claim": CLAIM_VARIANTS}[sweep]
-  seeds = [0] if sweep == "screen" else list(range(args["seeds"]))
+  seeds = [0] if sweep == "screen" else _seeds(args)
   return hyper.product([hyper.sweep("config.seed", seeds), hyper.zipit(
       [hyper.sweep(k, [v[k] for v in variants]) for k in variants[0]])])
+
+
+def _seeds(args) -> list[int]:
+  return list(range(args["first_seed"], args["seeds"]))
 
 
 def lambda_sweep(hyper, args):
@@ -191,7 +200,7 @@ def lambda_sweep(hyper, args):
                      "at least one objective and one lambda > 0.")
   return hyper.product([
       hyper.sweep("config.objective.label_only", objectives),
-      hyper.sweep("config.seed", list(range(args["seeds"]))),
+      hyper.sweep("config.seed", _seeds(args)),
       hyper.sweep("config.objective.label_only_weight", lams),
       hyper.sweep("config.model_name", ["untapped"])])
 
@@ -219,7 +228,7 @@ def qx_ladder_sweep(args):
       {"config.model_name": "untapped", "config.objective.label_only": "class_balance",
        "config.objective.label_only_weight": lam},
   ]
-  return [{"config.seed": s, **rung} for s in range(args["seeds"]) for rung in rungs]
+  return [{"config.seed": s, **rung} for s in _seeds(args) for rung in rungs]
 
 
 # Each variant sets these keys (M2 ignores the label-only ones).

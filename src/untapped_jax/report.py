@@ -6,7 +6,7 @@ r"""`untapped-report`: a Markdown report of runs, with tables and figures.
 Each DIR is a run folder (it holds results.json), or a folder of them: a
 num_seeds run (DIR/seed_<s>/) or a sweep (DIR/<variant>/seed_<s>/). Runs whose
 folders are named seed_<s> group by their parent into one variant, tabulated with
-the mean and 95% interval over seeds (sweep.sweep_tables). The report
+the mean and 95% interval over seeds (tables.seed_tables). The report
 (OUT/report.md) holds that table, learning curves of the bounds and accuracies
 from metrics.jsonl, and links to each run's sample grid; it reads without
 TensorBoard.
@@ -21,6 +21,7 @@ import shutil
 
 from untapped_jax import files
 from untapped_jax import metric_writer
+from untapped_jax import tables
 from untapped_jax.evaluate import figures
 
 
@@ -56,13 +57,12 @@ def find_runs(roots) -> dict[str, dict[int, str]]:
 
 def write_report(roots, out: str, *, metrics=(), reference: str = "") -> str:
   """Writes OUT/report.md (and its figures); returns the Markdown."""
-  from untapped_jax import sweep  # pylint: disable=g-import-not-at-top
   runs = find_runs(roots)
   os.makedirs(out, exist_ok=True)
   results = {v: {s: metric_writer.read_results(d) for s, d in seeds.items()}
              for v, seeds in runs.items()}
-  md_table, csv_table = sweep.sweep_tables(results, reference=reference,
-                                           metrics=tuple(metrics) or REPORT_METRICS + sweep.METRICS)
+  md_table, csv_table = tables.seed_tables(results, reference=reference,
+                                           metrics=tuple(metrics) or REPORT_METRICS + tables.METRICS)
   files.write_text(os.path.join(out, "report.csv"), csv_table)
   lines = [f"# Report: {', '.join(roots)}", "", f"{sum(map(len, runs.values()))} runs in "
            f"{len(runs)} variants. Final metrics:", "", md_table, "## Learning curves", ""]

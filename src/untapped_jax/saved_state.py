@@ -1,7 +1,7 @@
 """Orbax checkpoints of a population, and the parameters of a finished run.
 
 A checkpoint holds the stacked train state and the best-validation bookkeeping
-(`best`: params, accuracy and step per replica). The latest two are kept, so a newest one
+(BestState: params, accuracy and step per replica). The latest two are kept, so a newest one
 that cannot be read (a disk filled or a file damaged after its commit) costs one
 checkpoint interval, not the run.
 """
@@ -13,6 +13,7 @@ import os
 
 from absl import logging
 from flax import nnx
+from flax import struct
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -31,7 +32,7 @@ def manager(checkpoint_dir: str) -> ocp.CheckpointManager:
                                            cleanup_tmp_directories=True))
 
 
-def save(manager, step: int, state: TrainState, best: dict) -> None:
+def save(manager, step: int, state: TrainState, best: BestState) -> None:
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              best=ocp.args.StandardSave(best)))
 
@@ -40,7 +41,7 @@ class NoGoodCheckpoint(ValueError):
   """Every checkpoint of a folder failed to restore."""
 
 
-def restore(manager, state: TrainState, best: dict):
+def restore(manager, state: TrainState, best: BestState) -> tuple[TrainState, BestState]:
   """The latest checkpoint that restores, with the learning rates of `state` (the current
   config's: inject_hyperparams keeps them in the optimizer state, which would otherwise
   bring back the checkpoint's).
@@ -76,13 +77,30 @@ def restore(manager, state: TrainState, best: dict):
   return restored.state.replace(opt_state=opt_state), restored.best
 
 
-def initial_best(state: TrainState, num_replicas: int) -> dict:
-  """The best-validation bookkeeping before any validation: copies of the parameters."""
+@struct.dataclass
+class BestState:
+  """A population's best-validation bookkeeping: per replica, the parameters with the
+  best validation accuracy so far, that accuracy and its step (all [S, ...])."""
+  params: nnx.State
   # Host NumPy for the per-replica scalars: a checkpoint of several processes takes
   # global arrays or NumPy, not one process's device arrays.
-  return {"params": jax.tree.map(jnp.copy, state.params),
-          "accuracy": np.full(num_replicas, -1.0, np.float32),
-          "step": np.zeros(num_replicas, np.int32)}
+  accuracy: np.ndarray  # float32 [S]
+  step: np.ndarray  # int32 [S]
+
+  @classmethod
+  def initial(cls, state: TrainState, num_replicas: int) -> "BestState":
+    """Before any validation: copies of the parameters, accuracy -1."""
+    return cls(params=jax.tree.map(jnp.copy, state.params),
+               accuracy=np.full(num_replicas, -1.0, np.float32),
+               step=np.zeros(num_replicas, np.int32))
+
+  def with_replica(self, i: int, params, accuracy: float, step: int) -> "BestState":
+    """Replica i's entry set to (params, accuracy, step); copies, never aliases the
+    train state (whose buffers the next step donates)."""
+    accuracies, steps = np.array(self.accuracy), np.array(self.step)
+    accuracies[i], steps[i] = accuracy, step
+    return BestState(params=jax.tree.map(lambda b, p: b.at[i].set(p), self.params, params),
+                     accuracy=accuracies, step=steps)
 
 
 def load_run_params(workdir: str) -> tuple[nnx.GraphDef, nnx.State, ml_collections.ConfigDict]:
@@ -108,6 +126,6 @@ def load_run_params(workdir: str) -> tuple[nnx.GraphDef, nnx.State, ml_collectio
   with manager(checkpoint_dir) as m:
     if m.latest_step() is None:
       raise ValueError(f"workdir {workdir!r}: no checkpoint in {checkpoint_dir}.")
-    state, best = restore(m, state, initial_best(state, 1))
-  params = state.params if config.train.select_by == "final" else best["params"]
+    state, best = restore(m, state, BestState.initial(state, 1))
+  params = state.params if config.train.select_by == "final" else best.params
   return graphdef, train_state_lib.unstack(params, 0), config

@@ -8,7 +8,7 @@ r"""Runs every point of a config file's sweep and tabulates the final metrics.
 The sweep is the config file's `get_hyper(hyper, arg)` (big_vision style): a list of
 points, each a dict of 'config.<key>' overrides built with hyper.sweep / product /
 zipit. Point p runs in WORKDIR/<its overrides but the seed>/seed_<s>. Points whose
-configs differ only in what train.POPULATION_KEYS allows (seeds, loss weights, the
+configs differ only in what population.POPULATION_KEYS allows (seeds, loss weights, the
 learning rate, ...) train together as one vmapped population (train.train_population),
 checkpointed under WORKDIR/populations/. A point finished with the same config is
 skipped, so a rerun finishes an interrupted sweep; shards (--shard i --num_shards n,
@@ -21,11 +21,9 @@ paired differences (variant minus --reference, per seed).
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import importlib.util
 import inspect
-import io
 import itertools
 import os
 from typing import Any
@@ -40,24 +38,16 @@ import numpy as np
 from untapped_jax import files
 from untapped_jax import launch
 from untapped_jax import metric_writer
-from untapped_jax import stats
+from untapped_jax import population
+from untapped_jax import run_dir
+from untapped_jax import tables
+from untapped_jax import train
 from untapped_jax import workdir_lock
+from untapped_jax.data import mnist
 
 
 
 # Final metrics tabulated per variant (those a run lacks are left out).
-METRICS = ("gate_passed", "distinct_digits", "mlp_distinct_digits", "authors_distinct_digits",
-           "mlp_authors_distinct_digits", "owned_digits", "mlp_owned_digits",
-           "matched_agreement", "mlp_matched_agreement", "dimension_digit_mi",
-           "mlp_dimension_digit_mi", "gate_seen_agreement", "heldout_accuracy",
-           "mlp_heldout_accuracy", "authors_heldout_accuracy", "self_consistency",
-           "test_accuracy", "test_label_only_bound", "test_log_q_y_direct",
-           "test_unlabeled_bound")
-PAIRED = ("mlp_distinct_digits", "distinct_digits", "authors_distinct_digits",
-          "mlp_heldout_accuracy", "heldout_accuracy", "mlp_matched_agreement",
-          "self_consistency")
-
-
 class Hyper:
   """big_vision's sweep helpers: lists of dicts of 'config.<key>' overrides."""
 
@@ -123,7 +113,7 @@ def apply_point(config, point: dict[str, Any]):
 def plan_populations(config, points, root: str, *, max_population: int = 0
                      ) -> list[list[tuple[dict[str, Any], Any, str]]]:
   """Groups the points into populations: (point, config, workdir) lists whose configs
-  differ only in train.POPULATION_KEYS (seeds, weights, learning rate, ...), in the
+  differ only in population.POPULATION_KEYS (seeds, weights, learning rate, ...), in the
   points' order, each at most `max_population` long (0: no cap).
 
   Capped groups are taken in turn (the first chunk of every group, then the second, ...):
@@ -133,13 +123,13 @@ def plan_populations(config, points, root: str, *, max_population: int = 0
   The plan covers finished points too, so every shard process computes the same plan
   whatever the others have finished.
   """
-  from untapped_jax import train  # pylint: disable=g-import-not-at-top
   if max_population < 0:
     raise ValueError(f"max_population={max_population}; expected >= 0 (0: no cap).")
   groups: dict[str, list] = {}
   for point in points:
     c = apply_point(config, point)
-    groups.setdefault(train.population_signature(c), []).append((point, c, point_dir(root, point)))
+    groups.setdefault(population.population_signature(c), []).append(
+        (point, c, point_dir(root, point)))
   chunks = []
   for members in groups.values():
     size = max_population or len(members)
@@ -161,18 +151,16 @@ def run_points(config, points, root: str, *, shard: int, num_shards: int,
   With `eval_only`, nothing trains: every finished population is evaluated again from
   its checkpoint (results.json rewritten, e.g. after the evaluation gained a metric).
   """
-  from untapped_jax import train  # pylint: disable=g-import-not-at-top
-  from untapped_jax.data import mnist  # pylint: disable=g-import-not-at-top
   plan = plan_populations(config, points, root, max_population=max_population)
   for members in plan:  # a bad point stops the sweep at start-up, not hours in
     for _, c, _ in members:
-      train.validate(c)
+      run_dir.validate(c)
       mnist.check_source(c.data)
   for g, members in enumerate(plan):
     if g % num_shards != shard:
       continue
     if eval_only:
-      done = [(c, w) for _, c, w in members if train.is_finished(c, w)]
+      done = [(c, w) for _, c, w in members if run_dir.is_finished(c, w)]
       workdirs = [w for _, w in done]
       checkpoint_dir = population_checkpoint_dir(root, workdirs)
       if done and os.path.isdir(checkpoint_dir):
@@ -183,7 +171,7 @@ def run_points(config, points, root: str, *, shard: int, num_shards: int,
         logging.warning("population %d/%d: no checkpoint of exactly %s (trained in other "
                         "groupings); not evaluated again", g + 1, len(plan), workdirs)
       continue
-    unfinished = [(c, w) for _, c, w in members if not train.is_finished(c, w)]
+    unfinished = [(c, w) for _, c, w in members if not run_dir.is_finished(c, w)]
     if len(unfinished) < len(members):
       logging.info("population %d/%d: %d of %d points already finished", g + 1, len(plan),
                    len(members) - len(unfinished), len(members))
@@ -192,7 +180,7 @@ def run_points(config, points, root: str, *, shard: int, num_shards: int,
     with _hold_available([w for _, w in unfinished]) as held:
       # Finished-ness is read again under the locks: another process may have finished a
       # point between the plan and now.
-      todo = [(c, w) for c, w in unfinished if w in held and not train.is_finished(c, w)]
+      todo = [(c, w) for c, w in unfinished if w in held and not run_dir.is_finished(c, w)]
       busy = [w for _, w in unfinished if w not in held]
       if busy:
         logging.warning("population %d/%d: %s held by another live launch; skipped here",
@@ -231,67 +219,9 @@ def load_results(root: str, points) -> dict[str, dict[int, dict]]:
   return out
 
 
-def _cell(value) -> str:
-  return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def _fmt(mean: float, half: float) -> str:
-  return f"{mean:.3f} ± {half:.3f}" if np.isfinite(half) else f"{mean:.3f}"
-
-
-def sweep_tables(results: dict[str, dict[int, dict]], *, reference: str = "",
-                 metrics=METRICS) -> tuple[str, str]:
-  """(markdown, csv): summary per variant, paired differences, per-seed rows."""
-  present = [m for m in metrics
-             if any(m in r for runs in results.values() for r in runs.values())]
-  md = ["| variant | seeds | " + " | ".join(present) + " |", "|---" * (len(present) + 2) + "|"]
-  for name, runs in results.items():
-    if not runs:
-      continue
-    cells = [_fmt(*stats.mean_and_interval([float(r[m]) for r in runs.values() if m in r]))
-             if any(m in r for r in runs.values()) else "" for m in present]
-    md.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
-  md += ["", "Mean ± half-width of the 95% t-interval over seeds (gate_passed: the share "
-         "of seeds that pass the gate).", ""]
-  ref = next((n for n in results if reference and reference in n.split(",")), None)
-  if ref is not None:
-    paired = [m for m in PAIRED if m in present] or present
-    md += [f"Paired differences, variant minus `{ref}`, over the seeds both finished:", "",
-           "| variant | seeds | " + " | ".join(paired) + " |", "|---" * (len(paired) + 2) + "|"]
-    for name, runs in results.items():
-      seeds = sorted(set(runs) & set(results[ref]))
-      if name == ref or not seeds:
-        continue
-      cells = []
-      for m in paired:
-        diffs = [float(runs[s][m]) - float(results[ref][s][m]) for s in seeds
-                 if m in runs[s] and m in results[ref][s]]
-        cells.append(_fmt(*stats.mean_and_interval(diffs)) if diffs else "")
-      md.append(f"| {name} | {len(seeds)} | " + " | ".join(cells) + " |")
-    md.append("")
-  semantic = any("mlp_semantic_permutation" in r for runs in results.values()
-                 for r in runs.values())
-  extra = ["mlp permutation (dim→digit)", "authors' permutation"] if semantic else []
-  md += ["| variant | seed | steps | " + " | ".join(present + extra) + " |",
-         "|---" * (3 + len(present) + len(extra)) + "|"]
-  buf = io.StringIO()
-  writer = csv.writer(buf)
-  writer.writerow(["variant", "seed", "num_steps", *present, "mlp_semantic_permutation",
-                   "authors_permutation"])
-  for name, runs in results.items():
-    for seed, r in sorted(runs.items()):
-      cells = [_cell(r.get(m, "")) for m in present]
-      if semantic:
-        cells += [str(r.get("mlp_semantic_permutation", "")), str(r.get("authors_permutation", ""))]
-      md.append(f"| {name} | {seed} | {r['num_steps']} | " + " | ".join(cells) + " |")
-      writer.writerow([name, seed, r["num_steps"], *[r.get(m, "") for m in present],
-                       " ".join(map(str, r.get("mlp_semantic_permutation", []))),
-                       " ".join(map(str, r.get("authors_permutation", [])))])
-  return "\n".join(md) + "\n", buf.getvalue()
-
-
-def write_tables(root: str, points, *, reference: str, metrics=METRICS) -> str:
-  md, table = sweep_tables(load_results(root, points), reference=reference, metrics=metrics)
+def write_tables(root: str, points, *, reference: str, metrics=tables.METRICS) -> str:
+  md, table = tables.seed_tables(load_results(root, points), reference=reference,
+                                 metrics=metrics)
   files.write_text(os.path.join(root, "sweep.md"), md)
   files.write_text(os.path.join(root, "sweep.csv"), table)
   return md
@@ -313,7 +243,7 @@ def define_flags(default_config: str | None = None) -> None:
                     "Evaluate every finished population again from its checkpoint; no training.")
   flags.DEFINE_string("reference", "model_name=m2",
                       "The variant that paired differences are taken against.")
-  flags.DEFINE_list("metrics", None, "Metrics to tabulate (default: sweep.METRICS).")
+  flags.DEFINE_list("metrics", None, "Metrics to tabulate (default: tables.METRICS).")
   flags.mark_flags_as_required(["workdir"] if default_config else ["config", "workdir"])
 
 
@@ -333,7 +263,7 @@ def main(argv):
     run_points(f.config, points, f.workdir, shard=f.shard, num_shards=f.num_shards,
                max_population=f.max_population, eval_only=f.eval_only)
   print(write_tables(f.workdir, points, reference=f.reference,
-                     metrics=tuple(f.metrics or METRICS)))
+                     metrics=tuple(f.metrics or tables.METRICS)))
 
 
 def run():

@@ -61,3 +61,14 @@ def _typed(key: str, value: str, default):
   article = "an" if kind == "int" else "a"
   raise ValueError(f"config argument {key}={value}: expected {article} {kind} like the default "
                    f"{default!r}.")
+
+
+def flatten(config_dict: dict, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}: a config's dict as dotted keys."""
+  out = {}
+  for k, v in config_dict.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
