@@ -59,8 +59,27 @@ def test_stream_weights_need_a_labeled_example(n_l):
                                        classification_weight=0.1, label_only_weight=1.0)
 
 
+def test_untapped_at_lambda_zero_has_no_label_only_numbers():
+  from untapped_jax.configs import default  # pylint: disable=g-import-not-at-top
+  sizes = dict(num_labeled=10, num_unlabeled=30, num_label_only=5, pixel_probs=PIXEL_PROBS)
+  numbers = {}
+  for name, lam in (("m2", 0.5), ("untapped", 0.0), ("untapped", 0.5)):
+    c = default.get_config()
+    c.model_name, c.objective.label_only_weight = name, lam
+    numbers[name, lam] = objective.loss_numbers(c, **sizes)
+  # Untapped at lambda 0 is M2: no label-only settings, so make_loss_fn skips the stream.
+  assert numbers["m2", 0.5].label_only is None and numbers["untapped", 0.0].label_only is None
+  assert jax.tree.all(jax.tree.map(np.array_equal, numbers["m2", 0.5],
+                                   numbers["untapped", 0.0]))
+  lo = numbers["untapped", 0.5].label_only
+  assert lo.objective == "bound" and lo.pixel_probs.dtype == np.float32
+  np.testing.assert_array_equal(lo.pixel_probs, PIXEL_PROBS)
+  # Static choices are the pytree's structure, numbers its leaves.
+  assert len(jax.tree.leaves(lo)) == 3  # temperature, label smoothing, pixel_probs
+
+
 # ---------------------------------------------------------------------------
-# LabelOnlySettings: invalid settings raise ValueError
+# LabelOnlySettings.check: invalid settings raise ValueError
 # ---------------------------------------------------------------------------
 
 PIXEL_PROBS = np.full(D, 0.5, np.float32)  # a fitted q(x); only its presence matters here
@@ -68,14 +87,14 @@ PIXEL_PROBS = np.full(D, 0.5, np.float32)  # a fitted q(x); only its presence ma
 
 def test_label_only_settings_validation():
   with pytest.raises(ValueError, match="pixel_probs"):
-    objective.LabelOnlySettings(image_prior="pixel_bernoulli")
+    objective.LabelOnlySettings(image_prior="pixel_bernoulli").check()
   with pytest.raises(ValueError, match="image_prior"):
-    objective.LabelOnlySettings(image_prior="gan", pixel_probs=PIXEL_PROBS)
+    objective.LabelOnlySettings(image_prior="gan", pixel_probs=PIXEL_PROBS).check()
   for bad in (0.0, 1.5):
     with pytest.raises(ValueError, match="label_smoothing"):
-      objective.LabelOnlySettings(label_smoothing=bad, pixel_probs=PIXEL_PROBS)
+      objective.LabelOnlySettings(label_smoothing=bad, pixel_probs=PIXEL_PROBS).check()
   with pytest.raises(ValueError, match="gumbel_softmax"):
-    objective.LabelOnlySettings(estimator="gumbel_softmax", image_prior="uniform")
+    objective.LabelOnlySettings(estimator="gumbel_softmax", image_prior="uniform").check()
 
 
 # ---------------------------------------------------------------------------

@@ -112,7 +112,7 @@ def test_no_gradient_reaches_the_prior(tiny):
 
 def test_missing_prior_is_named():
   with pytest.raises(ValueError, match="image_prior='pretrained' needs"):
-    objective.LabelOnlySettings(image_prior="pretrained")
+    objective.LabelOnlySettings(image_prior="pretrained").check()
   with pytest.raises(ValueError, match="objective.image_prior_workdir"):
     objective.pretrained_image_prior("")
   with pytest.raises(ValueError, match=r"objective.image_prior_workdir: workdir '/nonexistent'"):

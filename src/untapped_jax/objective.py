@@ -13,7 +13,6 @@ step's loss -J_hat is an unbiased estimate of -J.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -31,12 +30,6 @@ from untapped_jax.bounds import untapped
 Batch = dict[str, dict[str, jax.Array]]
 LossFn = Callable[[nnx.State, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 MODEL_NAMES = ("m2", "untapped")
-
-
-def is_traced(value) -> bool:
-  """True inside jit/vmap, where a population's hyperparameters are arrays, so the
-  loss must not branch on them in Python."""
-  return isinstance(value, jax.core.Tracer)
 
 
 @struct.dataclass
@@ -75,25 +68,33 @@ class StreamWeights:
                classification=classification_weight * total / num_labeled)
 
 
-@dataclasses.dataclass(frozen=True)
+@struct.dataclass
 class LabelOnlySettings:
-  """How the label-only term is computed (config.objective's label-only keys)."""
-  objective: str = "bound"
-  estimator: str = "straight_through"
-  temperature: float = 0.5
-  num_samples: int = 1
-  label_smoothing: float = 1.0
-  image_prior: str = "pixel_bernoulli"
-  prior_stop_gradient: bool = True
-  sleep_terms: tuple[str, ...] = ()
-  pixel_probs: np.ndarray | None = dataclasses.field(default=None, compare=False)
-  # [K, num_samples, Z]: fixed z draws per class (objective.label_only_z='fixed').
-  fixed_z: np.ndarray | None = dataclasses.field(default=None, compare=False)
-  # image_prior='pretrained': the fixed model whose U(x) is log q(x) (pretrained_image_prior).
-  prior_graphdef: nnx.GraphDef | None = None
-  prior_params: Any = dataclasses.field(default=None, compare=False)
+  """How the label-only term is computed (config.objective's label-only keys).
 
-  def __post_init__(self):
+  The code paths (which objective, estimator, q(x), how many samples) are static fields:
+  part of the pytree's structure, hashable, shared by every replica of a population and
+  fixed in the compiled step. The rest are numbers, pytree leaves that a population
+  stacks per replica and the step receives as (traced) arrays. `check` validates the
+  settings; from_config calls it, so a config is validated once, at start-up.
+  """
+  objective: str = struct.field(pytree_node=False, default="bound")
+  estimator: str = struct.field(pytree_node=False, default="straight_through")
+  num_samples: int = struct.field(pytree_node=False, default=1)
+  image_prior: str = struct.field(pytree_node=False, default="pixel_bernoulli")
+  prior_stop_gradient: bool = struct.field(pytree_node=False, default=True)
+  sleep_terms: tuple[str, ...] = struct.field(pytree_node=False, default=())
+  # image_prior='pretrained': the fixed model whose U(x) is log q(x) (pretrained_image_prior).
+  prior_graphdef: nnx.GraphDef | None = struct.field(pytree_node=False, default=None)
+  temperature: float | jax.Array = 0.5  # of the relaxed x estimators
+  label_smoothing: float | jax.Array = 1.0
+  pixel_probs: np.ndarray | None = None  # [D]: image_prior='pixel_bernoulli'
+  # [K, num_samples, Z]: fixed z draws per class (objective.label_only_z='fixed').
+  fixed_z: np.ndarray | None = None
+  prior_params: Any = None  # image_prior='pretrained'
+
+  def check(self) -> "LabelOnlySettings":
+    """self, or a ValueError naming the bad setting (concrete values only)."""
     if self.objective not in untapped.LABEL_ONLY_OBJECTIVES:
       raise ValueError(f"objective.label_only={self.objective!r}; "
                        f"expected one of {untapped.LABEL_ONLY_OBJECTIVES}.")
@@ -109,7 +110,7 @@ class LabelOnlySettings:
                                              or self.prior_params is None):
       raise ValueError("image_prior='pretrained' needs the prior model's graphdef and "
                        "params (objective.image_prior_workdir).")
-    if not is_traced(self.label_smoothing) and not 0.0 < self.label_smoothing <= 1.0:
+    if not 0.0 < self.label_smoothing <= 1.0:
       raise ValueError(f"objective.label_smoothing={self.label_smoothing}; expected (0, 1].")
     bad = [t for t in self.sleep_terms if t not in untapped.SLEEP_OPTIONAL_TERMS]
     if bad:
@@ -117,23 +118,22 @@ class LabelOnlySettings:
                        f"{untapped.SLEEP_OPTIONAL_TERMS}.")
     if self.num_samples < 1:
       raise ValueError(f"objective.label_only_num_samples={self.num_samples}; expected >= 1.")
+    return self
 
   @classmethod
-  def from_config(cls, objective_config, *, pixel_probs=None, fixed_z=None, prior_params=None
+  def from_config(cls, objective_config, *, pixel_probs=None, fixed_z=None
                   ) -> "LabelOnlySettings":
-    """Settings of config.objective; `prior_params` (possibly traced) replace the loaded
-    parameters of a 'pretrained' q(x)."""
+    """The checked settings of config.objective."""
     o = objective_config
-    prior_graphdef = None
+    prior_graphdef = prior_params = None
     if o.image_prior == "pretrained":
-      prior_graphdef, loaded = pretrained_image_prior(o.image_prior_workdir)
-      prior_params = loaded if prior_params is None else prior_params
+      prior_graphdef, prior_params = pretrained_image_prior(o.image_prior_workdir)
     return cls(objective=o.label_only, estimator=o.x_estimator,
                temperature=o.relaxed_temperature, num_samples=o.label_only_num_samples,
                label_smoothing=o.label_smoothing, image_prior=o.image_prior,
                prior_stop_gradient=o.image_prior_stop_gradient,
                sleep_terms=tuple(o.sleep_terms), pixel_probs=pixel_probs, fixed_z=fixed_z,
-               prior_graphdef=prior_graphdef, prior_params=prior_params)
+               prior_graphdef=prior_graphdef, prior_params=prior_params).check()
 
   def log_prior_x(self, graphdef, params) -> untapped.LogPriorX:
     if self.image_prior == "uniform":
@@ -231,17 +231,17 @@ def _vmap_over_labels(fn, y: jax.Array, keys: jax.Array, settings: LabelOnlySett
 
 def make_loss_fn(graphdef: nnx.GraphDef, weights: StreamWeights, *, num_samples: int = 1,
                  label_only: LabelOnlySettings | None = None,
-                 classification_temperature: float = 0.0) -> LossFn:
+                 classification_temperature: float | jax.Array | None = None) -> LossFn:
   """loss_fn(params, batch, rng) -> (loss [], metrics); batch holds binarised x.
 
-  The label-only stream is skipped (not multiplied by zero) when its weight is 0 or
-  `label_only` is None, so Untapped with lambda = 0 computes exactly M2's loss.
-  `classification_temperature` > 0 scores the labels against a Concrete sample of
-  q(y|x) at that temperature (the authors' classification loss) instead of q(y|x).
+  Which terms are computed is decided here, in Python, never on (possibly traced)
+  numbers: the label-only stream only with `label_only` settings (None skips it, not
+  multiplies it by zero, so Untapped with lambda = 0 computes exactly M2's loss), and
+  the labels are scored against a Concrete sample of q(y|x) at
+  `classification_temperature` (the authors' classification loss) only when one is given.
   """
-  use_label_only = label_only is not None and (is_traced(weights.label_only)
-                                               or weights.label_only != 0.0)
-  concrete = is_traced(classification_temperature) or classification_temperature > 0
+  use_label_only = label_only is not None
+  concrete = classification_temperature is not None
 
   def loss_fn(params, batch, rng):
     model = nnx.merge(graphdef, params)
@@ -315,13 +315,24 @@ def uses_label_only(config) -> bool:
   return config.model_name == "untapped" and config.objective.label_only_weight != 0
 
 
-def loss_numbers(config, *, num_labeled: int, num_unlabeled: int, num_label_only: int,
-                 pixel_probs: np.ndarray | None) -> dict[str, Any]:
-  """The numbers of a replica's loss: what may differ between replicas of a population.
+def uses_concrete_classification(config) -> bool:
+  return config.objective.classification_temperature > 0
 
-  A pytree of float32 scalars and arrays (None where unused); loss_fn_from_numbers
-  turns it into the loss, and the population step vmaps over a stack of them.
-  """
+
+@struct.dataclass
+class LossNumbers:
+  """A replica's loss hyperparameters: a pytree of float32 arrays that a population
+  stacks per replica (train_state.stack) and its step vmaps over; the code paths they
+  feed are in the static fields of `label_only` and in the config."""
+  weights: StreamWeights
+  classification_temperature: np.ndarray  # [], used where uses_concrete_classification
+  label_only: LabelOnlySettings | None  # None where not uses_label_only: the term is skipped
+
+
+def loss_numbers(config, *, num_labeled: int, num_unlabeled: int, num_label_only: int,
+                 pixel_probs: np.ndarray | None) -> LossNumbers:
+  """The numbers of a replica's loss (see LossNumbers), checked with concrete values
+  before anything is traced; loss_fn_from_numbers turns them into the loss."""
   name = config.model_name
   if name not in MODEL_NAMES:
     raise ValueError(f"model_name={name!r}; expected one of {MODEL_NAMES}.")
@@ -329,50 +340,35 @@ def loss_numbers(config, *, num_labeled: int, num_unlabeled: int, num_label_only
   weights = stream_weights(config, num_labeled=num_labeled, num_unlabeled=num_unlabeled,
                            num_label_only=num_label_only)
   f32 = lambda v: None if v is None else np.asarray(v, np.float32)
-  numbers = {
-      "weights": jax.tree.map(f32, weights),
-      "classification_temperature": f32(o.classification_temperature),
-      "label_smoothing": f32(o.label_smoothing),
-      "relaxed_temperature": f32(o.relaxed_temperature),
-      "pixel_probs": None, "fixed_z": None, "prior_params": None}
+  label_only = None
   if uses_label_only(config):
-    numbers["pixel_probs"] = f32(pixel_probs)
-    numbers["fixed_z"] = f32(fixed_label_only_z(config, seed=config.seed))
-    # Checks the label-only settings with concrete values, before anything is traced.
-    settings = LabelOnlySettings.from_config(o, pixel_probs=pixel_probs)
+    settings = LabelOnlySettings.from_config(
+        o, pixel_probs=pixel_probs, fixed_z=fixed_label_only_z(config, seed=config.seed))
     if o.image_prior == "pretrained":
-      # An argument of the step, not a constant baked into the compiled program.
-      numbers["prior_params"] = settings.prior_params
       prior_pixels = nnx.merge(settings.prior_graphdef, settings.prior_params).num_pixels
       if prior_pixels != config.model.num_pixels:
         raise ValueError(f"objective.image_prior_workdir={o.image_prior_workdir!r}: its model "
                          f"has {prior_pixels} pixels; expected model.num_pixels="
                          f"{config.model.num_pixels}.")
-  return numbers
+    # The pretrained prior's parameters too: an argument of the step, not a constant
+    # baked into the compiled program.
+    label_only = jax.tree.map(f32, settings)
+  return LossNumbers(weights=jax.tree.map(f32, weights),
+                     classification_temperature=f32(o.classification_temperature),
+                     label_only=label_only)
 
 
-def loss_fn_from_numbers(config, graphdef, numbers: dict[str, Any]) -> LossFn:
-  """The loss of `config.model_name` with the (possibly traced) `numbers`.
-
-  What changes code paths comes from `config` and is shared by a population:
-  whether the label-only term is on, and whether the classification term is scored
-  against a Concrete sample (classification_temperature > 0).
-  """
-  o = config.objective
-  label_only = None
-  if uses_label_only(config):
-    label_only = dataclasses.replace(
-        LabelOnlySettings.from_config(o, pixel_probs=numbers["pixel_probs"],
-                                      fixed_z=numbers["fixed_z"],
-                                      prior_params=numbers["prior_params"]),
-        label_smoothing=numbers["label_smoothing"],
-        temperature=numbers["relaxed_temperature"])
-  temperature = numbers["classification_temperature"] if o.classification_temperature > 0 else 0.0
-  return make_loss_fn(graphdef, numbers["weights"], num_samples=o.num_samples,
-                      label_only=label_only, classification_temperature=temperature)
+def loss_fn_from_numbers(config, graphdef, numbers: LossNumbers) -> LossFn:
+  """The loss of `config.model_name` with the (possibly traced) `numbers`; which terms
+  it computes comes from `config` (uses_label_only, uses_concrete_classification) and
+  is shared by a population."""
+  temperature = (numbers.classification_temperature if uses_concrete_classification(config)
+                 else None)
+  return make_loss_fn(graphdef, numbers.weights, num_samples=config.objective.num_samples,
+                      label_only=numbers.label_only, classification_temperature=temperature)
 
 
-def numbers_for_splits(config, splits) -> dict[str, Any]:
+def numbers_for_splits(config, splits) -> LossNumbers:
   """loss_numbers for the data splits of one replica (q(x) fitted to its training images)."""
   return loss_numbers(config, num_labeled=len(splits.labeled),
                       num_unlabeled=len(splits.unlabeled),

@@ -39,7 +39,7 @@ def population_signature(config) -> str:
   term; a zero classification temperature scores q(y|x) itself)."""
   flat = {k: v for k, v in configs_lib.flatten(config.to_dict()).items() if k not in POPULATION_KEYS}
   flat["_label_only_on"] = objective.uses_label_only(config)
-  flat["_concrete_classification"] = config.objective.classification_temperature > 0
+  flat["_concrete_classification"] = objective.uses_concrete_classification(config)
   return json.dumps(flat, sort_keys=True, default=str)
 
 

@@ -6,7 +6,6 @@ with many draws and averaged with the test set's class frequencies.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 from flax import nnx
@@ -31,14 +30,11 @@ def label_only_bound_and_log_q_y(model, y: jax.Array, rng: jax.Array, *,
   return jnp.mean(log_w), jax.nn.logsumexp(log_w) - jnp.log(num_samples)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "settings", "num_samples"))
-def _label_only_log_terms(graphdef, params, prior_arrays, y, key, *, settings, num_samples):
-  """The exact-estimator log terms of one label's bound; compiled once per graph, settings
-  and sample count, with the parameters and q(x)'s arrays (pixel probabilities, a
-  pretrained prior's parameters) as arguments (settings hash without their arrays, so
-  the arrays must not be read from them)."""
-  pixel_probs, prior_params = prior_arrays
-  settings = dataclasses.replace(settings, pixel_probs=pixel_probs, prior_params=prior_params)
+@functools.partial(jax.jit, static_argnames=("graphdef", "num_samples"))
+def _label_only_log_terms(graphdef, params, settings, y, key, *, num_samples):
+  """The exact-estimator log terms of one label's bound; compiled once per graph, the
+  settings' static choices and sample count, with the parameters and the settings'
+  arrays (q(x)'s pixel probabilities or a pretrained prior's parameters) as arguments."""
   return untapped.label_only_log_terms(
       nnx.merge(graphdef, params), y, key, log_prior_x=settings.log_prior_x(graphdef, params),
       estimator="exact", num_samples=num_samples)
@@ -54,9 +50,8 @@ def label_only_report(graphdef: nnx.GraphDef, params, settings, *, test_labels: 
   if num_samples < 1:
     raise ValueError(f"num_samples={num_samples}: expected a positive integer.")
   chunk = min(chunk, num_samples)
-  log_terms = lambda y, key: _label_only_log_terms(
-      graphdef, params, (settings.pixel_probs, settings.prior_params), y, key,
-      settings=settings, num_samples=chunk)
+  log_terms = lambda y, key: _label_only_log_terms(graphdef, params, settings, y, key,
+                                                    num_samples=chunk)
 
   per_class_bound, per_class_log_q, per_class_terms = [], [], []
   for c in range(k):

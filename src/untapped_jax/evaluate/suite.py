@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -51,9 +50,9 @@ def evaluate_run(config, workdir: str, *, graphdef, params, splits, mnist) -> di
   results["gate_passed"] = bool(results[gate_key] >= GATE_SEEN_AGREEMENT)
 
   # Reported with the inverted bound's terms whatever objective trained the model.
-  settings = dataclasses.replace(objective.LabelOnlySettings.from_config(
-      config.objective, pixel_probs=untapped.fit_pixel_bernoulli(splits.train_images)),
-      objective="bound")
+  settings = objective.LabelOnlySettings.from_config(
+      config.objective, pixel_probs=untapped.fit_pixel_bernoulli(splits.train_images)
+  ).replace(objective="bound")
   results.update(likelihood.label_only_report(
       graphdef, params, settings, test_labels=splits.test.labels,
       rng=jax.random.fold_in(rng, 2), num_samples=config.eval.label_only_num_samples))
