@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from untapped_jax.evaluate import authors_protocol
+from untapped_jax.evaluate import evaluator
 from untapped_jax.evaluate import semantic
 from untapped_jax.models import M2
 
@@ -92,7 +94,7 @@ def is_permutation(perm, n):
 @pytest.mark.parametrize("n", [1, 2, 5, 10])
 def test_greedy_identity_like(n):
   p = np.full((n, n), 0.1) + np.eye(n)
-  np.testing.assert_array_equal(semantic.greedy_assignment(p), np.arange(n))
+  np.testing.assert_array_equal(authors_protocol.greedy_assignment(p), np.arange(n))
 
 
 @pytest.mark.parametrize("p,expected", [
@@ -106,18 +108,18 @@ def test_greedy_identity_like(n):
     ([[0.6, 0.4], [0.7, 0.3]], [1, 0]),
 ])
 def test_greedy_two_rows_one_column(p, expected):
-  np.testing.assert_array_equal(semantic.greedy_assignment(np.array(p)), expected)
+  np.testing.assert_array_equal(authors_protocol.greedy_assignment(np.array(p)), expected)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
 def test_greedy_is_the_authors_function_verbatim(seed):
   for p in random_matrices(seed, 600):
-    np.testing.assert_array_equal(semantic.greedy_assignment(p.copy()),
+    np.testing.assert_array_equal(authors_protocol.greedy_assignment(p.copy()),
                                   assign_permutation(p.copy()), err_msg=str(p))
 
 
 def test_greedy_settles_clashing_columns_in_the_authors_order():
-  np.testing.assert_array_equal(semantic.greedy_assignment(ORDER_MATTERS.copy()),
+  np.testing.assert_array_equal(authors_protocol.greedy_assignment(ORDER_MATTERS.copy()),
                                 assign_permutation(ORDER_MATTERS.copy()))
 
 
@@ -125,8 +127,8 @@ def test_greedy_output_is_a_permutation_except_the_authors_stealer_case():
   # Kept as the authors wrote it (their protocol, reproduced): when every row clashes,
   # the 'winner' of column dups[0] may be a row that asked for another column, which
   # then keeps its own, so some column goes twice. Everywhere else: a permutation.
-  assert not is_permutation(semantic.greedy_assignment(STEALER.copy()), 4)
-  bad = sum(not is_permutation(semantic.greedy_assignment(p.copy()), len(p))
+  assert not is_permutation(authors_protocol.greedy_assignment(STEALER.copy()), 4)
+  bad = sum(not is_permutation(authors_protocol.greedy_assignment(p.copy()), len(p))
             for p in random_matrices(7, 2400))
   assert 0 < bad < 0.03 * 2400
 
@@ -136,13 +138,13 @@ def test_stealer_by_hand_is_shared_with_the_authors():
   # to columns 1, 2, 3 -> row 3 takes 1, rows 0, 1 take 2, 3.
   expected = [2, 3, 1, 1]
   assert assign_permutation(STEALER.copy()).tolist() == expected
-  assert semantic.greedy_assignment(STEALER.copy()).tolist() == expected
+  assert authors_protocol.greedy_assignment(STEALER.copy()).tolist() == expected
 
 
 @pytest.mark.parametrize("shape", [(2, 3), (4,)])
 def test_greedy_rejects_non_square(shape):
   with pytest.raises(ValueError, match="square"):
-    semantic.greedy_assignment(np.ones(shape))
+    authors_protocol.greedy_assignment(np.ones(shape))
 
 
 # ----------------------------------------------------------------------------- confusion
@@ -258,7 +260,7 @@ def test_authors_protocol_distinct_unseen_digits():
   targets = [0, 8, 2, 3, 1, 6, 5, 9, 8, 7]  # dim 1 draws an 8, dim 4 a 1
   logits = 0.2 * np.random.default_rng(0).random((10, 10))
   logits[np.arange(10), targets] += 3.0
-  out = semantic.authors_protocol(block_images(logits), block_evaluator(),
+  out = authors_protocol.authors_protocol(block_images(logits), block_evaluator(),
                                   seen_digits=(0, 1, 2, 3, 4))
   # Seen dimensions keep their digit, whatever they draw; unseen ones are matched on
   # the unseen block: 5->6, 6->5, 7->9, 8->8, 9->7.
@@ -280,7 +282,7 @@ def test_authors_protocol_clash_on_the_unseen_block():
   logits[7, [2, 9, 7]] = [6.0, 2.0, 1.0]
   logits[9] = 0.0
   logits[9, [9, 8]] = [0.5, 0.4]
-  out = semantic.authors_protocol(block_images(logits), block_evaluator(),
+  out = authors_protocol.authors_protocol(block_images(logits), block_evaluator(),
                                   seen_digits=(0, 1, 2, 3, 4))
   unseen = [5, 6, 7, 8, 9]
   expected = np.arange(10)
@@ -298,7 +300,7 @@ def test_authors_protocol_random_against_reference(seed):
   rng = np.random.default_rng(seed)
   logits = rng.normal(0, 2, (10, 10))
   seen = tuple(sorted(rng.choice(10, size=rng.integers(0, 10), replace=False).tolist()))
-  out = semantic.authors_protocol(block_images(logits), block_evaluator(), seen_digits=seen)
+  out = authors_protocol.authors_protocol(block_images(logits), block_evaluator(), seen_digits=seen)
   probs = softmax(logits)
   unseen = [d for d in range(10) if d not in seen]
   expected = np.arange(10)
@@ -331,7 +333,7 @@ def test_authors_images_constant_encoder_and_label_only_decoder():
   rng = np.random.default_rng(2)
   x = (rng.random((9, d)) < 0.5).astype(np.float32)
   y = np.eye(k, dtype=np.float32)[rng.integers(0, k, 9)]
-  images = semantic.authors_images(graphdef, params, x, y)
+  images = authors_protocol.authors_images(graphdef, params, x, y)
   assert images.shape == (k, d) and images.dtype == np.float32
   np.testing.assert_array_equal(images, (table > 0).astype(np.float32))
 
@@ -362,7 +364,7 @@ def test_authors_images_use_the_mean_encoder_output(seed):
   rng = np.random.default_rng(seed)
   x = (rng.random((50, d)) < 0.4).astype(np.float32)
   y = np.eye(k, dtype=np.float32)[rng.integers(0, k, 50)]
-  images = semantic.authors_images(graphdef, params, x, y)
+  images = authors_protocol.authors_images(graphdef, params, x, y)
   ref = NumpyM2(model, ACTIVATION)
   logits, z_bar = np_authors_images(ref, x, y)
   clear = np.abs(logits) > 1e-4
@@ -389,7 +391,7 @@ def test_evaluator_logits_mlp_is_a_relu_mlp(sizes):
     h = h @ params[f"w{i}"].astype(np.float64) + params[f"b{i}"]
     if i < 2:
       h = np.maximum(h, 0.0)
-  got = np.asarray(semantic.evaluator_logits(params, jnp.asarray(x)))
+  got = np.asarray(evaluator.evaluator_logits(params, jnp.asarray(x)))
   np.testing.assert_allclose(got, h, rtol=1e-4, atol=1e-4)
 
 
@@ -397,11 +399,11 @@ def test_evaluator_logits_logreg():
   rng = np.random.default_rng(0)
   w, b = rng.normal(size=(8, 10)), rng.normal(size=10)
   x = rng.random((3, 8))
-  got = semantic.evaluator_logits({"w": jnp.asarray(w), "b": jnp.asarray(b)}, jnp.asarray(x))
+  got = evaluator.evaluator_logits({"w": jnp.asarray(w), "b": jnp.asarray(b)}, jnp.asarray(x))
   np.testing.assert_allclose(np.asarray(got), x @ w + b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["cnn", "MLP", ""])
-def test_train_evaluator_unknown_kind_is_named(kind):
+def test_unknown_evaluator_kind_is_named(kind, tmp_path):
   with pytest.raises(ValueError, match=repr(kind)):
-    semantic.train_evaluator(np.zeros((4, 784), np.uint8), np.zeros(4, np.int32), kind=kind)
+    evaluator.load_or_train_evaluator({}, cache_dir=str(tmp_path), kind=kind)

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 from untapped_jax.data import mnist as mnist_lib
+from untapped_jax.evaluate import evaluator as evaluator_lib
+from untapped_jax.evaluate import generation
 from untapped_jax.evaluate import semantic
 from untapped_jax.models import M2
 
@@ -227,7 +229,7 @@ def evaluator_cache_dir(session_caches):
 
 @pytest.fixture(scope="module")
 def evaluator(mnist_data, evaluator_cache_dir):
-  return semantic.load_or_train_evaluator(mnist_data, cache_dir=evaluator_cache_dir)
+  return evaluator_lib.load_or_train_evaluator(mnist_data, cache_dir=evaluator_cache_dir)
 
 
 def numpy_evaluator_accuracy(params, images, labels, seed):
@@ -258,7 +260,7 @@ def test_evaluator_reaches_90_percent_on_mnist_test(evaluator, mnist_data):
 def test_evaluator_is_cached_and_not_retrained(evaluator, mnist_data, evaluator_cache_dir,
                                                 monkeypatch):
   params, accuracy = evaluator
-  digest = hashlib.sha256(semantic.EVALUATOR_VERSION.encode()
+  digest = hashlib.sha256(evaluator_lib.RECIPES["logreg"].cache_key().encode()
                           + mnist_data["train_images"].tobytes()
                           + mnist_data["train_labels"].tobytes()).hexdigest()[:16]
   path = os.path.join(evaluator_cache_dir, f"evaluator_logreg_{digest}.npz")
@@ -270,14 +272,14 @@ def test_evaluator_is_cached_and_not_retrained(evaluator, mnist_data, evaluator_
   def no_training(*args, **kwargs):
     raise AssertionError("train_evaluator called although the cache file exists")
 
-  monkeypatch.setattr(semantic, "train_evaluator", no_training)
-  again, accuracy_again = semantic.load_or_train_evaluator(mnist_data,
+  monkeypatch.setattr(evaluator_lib, "train_evaluator", no_training)
+  again, accuracy_again = evaluator_lib.load_or_train_evaluator(mnist_data,
                                                            cache_dir=evaluator_cache_dir)
   np.testing.assert_array_equal(again["w"], params["w"])
   np.testing.assert_array_equal(again["b"], params["b"])
   assert accuracy_again == accuracy
   # The default folder is $UNTAPPED_CACHE_DIR (set by the fixture): same file, no training.
-  from_env, _ = semantic.load_or_train_evaluator(mnist_data)
+  from_env, _ = evaluator_lib.load_or_train_evaluator(mnist_data)
   np.testing.assert_array_equal(from_env["w"], params["w"])
 
 
@@ -289,22 +291,23 @@ def test_evaluator_cache_is_keyed_by_training_data(tmp_path, monkeypatch):
           "test_labels": rng.integers(0, 10, 20).astype(np.uint8)}
   calls = []
 
-  def fake_train(images, labels, **kwargs):
+  def fake_train(images, labels, recipe):
+    assert recipe == evaluator_lib.RECIPES["logreg"]  # what is cached is what it trains
     calls.append(len(labels))
     return {"w": np.full((784, 10), float(len(calls)), np.float32),
             "b": np.arange(10, dtype=np.float32)}
 
-  monkeypatch.setattr(semantic, "train_evaluator", fake_train)
-  monkeypatch.setenv(semantic.CACHE_ENV_VAR, str(tmp_path / "env_cache"))
-  first, _ = semantic.load_or_train_evaluator(data)  # cache_dir from the env var
+  monkeypatch.setattr(evaluator_lib, "train_evaluator", fake_train)
+  monkeypatch.setenv(evaluator_lib.CACHE_ENV_VAR, str(tmp_path / "env_cache"))
+  first, _ = evaluator_lib.load_or_train_evaluator(data)  # cache_dir from the env var
   assert calls == [30]
   assert len([n for n in os.listdir(tmp_path / "env_cache") if n.endswith(".npz")]) == 1
-  second, _ = semantic.load_or_train_evaluator(data)
+  second, _ = evaluator_lib.load_or_train_evaluator(data)
   assert calls == [30]
   np.testing.assert_array_equal(first["w"], second["w"])
   # Other training labels: another file, trained afresh.
   other = dict(data, train_labels=(data["train_labels"] + 1) % 10)
-  third, _ = semantic.load_or_train_evaluator(other)
+  third, _ = evaluator_lib.load_or_train_evaluator(other)
   assert calls == [30, 30]
   assert len([n for n in os.listdir(tmp_path / "env_cache") if n.endswith(".npz")]) == 2
   assert third["w"][0, 0] == 2.0
@@ -328,7 +331,7 @@ def test_generate_rows_come_from_their_own_label():
   set_param(second.bias, np.zeros(d))
   graphdef, params = nnx.split(model)
 
-  x, x_mean = semantic.generate(graphdef, params, jax.random.key(1), num_per_class=m)
+  x, x_mean = generation.generate(graphdef, params, jax.random.key(1), num_per_class=m)
   assert x.shape == x_mean.shape == (k, m, d)
   assert x.dtype == np.float32 and x_mean.dtype == np.float32
   assert set(np.unique(x)) <= {0.0, 1.0}
@@ -340,9 +343,9 @@ def test_generate_rows_come_from_their_own_label():
   sigma = np.sqrt(expected * (1 - expected) / m)
   assert np.all(np.abs(freq - expected) < 5 * sigma + 1e-3)
   # Same key, same images; another key, other images.
-  x2, _ = semantic.generate(graphdef, params, jax.random.key(1), num_per_class=m)
+  x2, _ = generation.generate(graphdef, params, jax.random.key(1), num_per_class=m)
   np.testing.assert_array_equal(x, x2)
-  x3, _ = semantic.generate(graphdef, params, jax.random.key(2), num_per_class=m)
+  x3, _ = generation.generate(graphdef, params, jax.random.key(2), num_per_class=m)
   assert not np.array_equal(x, x3)
 
 
@@ -350,7 +353,7 @@ def test_generate_rows_come_from_their_own_label():
 def test_generate_random_model_shapes_and_z_dependence():
   model = M2(num_pixels=784, num_classes=10, latent_dim=5, hidden=(16,), rngs=nnx.Rngs(3))
   graphdef, params = nnx.split(model)
-  x, x_mean = semantic.generate(graphdef, params, jax.random.key(0), num_per_class=7)
+  x, x_mean = generation.generate(graphdef, params, jax.random.key(0), num_per_class=7)
   assert x.shape == x_mean.shape == (10, 7, 784)
   assert set(np.unique(x)) <= {0.0, 1.0}
   assert np.all((x_mean > 0) & (x_mean < 1))
@@ -432,3 +435,14 @@ def test_semantic_report_with_a_hand_built_model(evaluator, mnist_data):
   assert results["permuted_test_accuracy"] == pytest.approx(
       np.mean(ev_pred == test_labels), abs=1e-3)
   assert results["heldout_accuracy"] > 0.8
+
+
+def test_evaluator_cache_key_follows_every_recipe_field():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  recipe = evaluator_lib.RECIPES["mlp"]
+  keys = {recipe.cache_key()}
+  for field, value in (("hidden", (512,)), ("num_epochs", 21), ("batch_size", 200),
+                       ("learning_rate", 3e-4), ("l2", 0.0), ("seed", 1), ("version", 2)):
+    keys.add(dataclasses.replace(recipe, **{field: value}).cache_key())
+  assert len(keys) == 8
+  assert evaluator_lib.RECIPES["logreg"].cache_key() != recipe.cache_key()

@@ -7,7 +7,7 @@ independent noise in every stream, and a paired comparison over seeds shares non
 (tests/rng_test.py checks every (seed, stream) pair of a population). The old scheme,
 key(seed + c) with small constants, made seed 0's evaluation key seed 2's grid key.
 
-The evaluators (evaluate/semantic.py) are the one exception, on purpose: they are a
+The evaluators (evaluate/evaluator.py) are the one exception, on purpose: they are a
 fixed judge shared by every run, trained once from their recipe's own seed.
 """
 

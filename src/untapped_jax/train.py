@@ -48,7 +48,7 @@ from untapped_jax.data import mnist
 from untapped_jax.data import splits as splits_lib
 from untapped_jax.data import streams as streams_lib
 from untapped_jax.evaluate import heldout
-from untapped_jax.evaluate import semantic
+from untapped_jax.evaluate import generation
 from untapped_jax.evaluate import suite
 
 
@@ -397,7 +397,7 @@ def _write_sample_grid(r: Replica, graphdef, params, step: int) -> None:
   m = r.config.eval.tensorboard_samples
   if m and r.writer is not None:
     key = rng_lib.key(r.config.seed, rng_lib.Stream.SAMPLE_GRID)
-    _, means = semantic.generate(graphdef, params, key, num_per_class=m)
+    _, means = generation.generate(graphdef, params, key, num_per_class=m)
     r.writer.write_image(step, "samples_per_y_dimension", metric_writer.tile_samples(means))
 
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from untapped_jax.bounds import untapped
-from untapped_jax.evaluate import semantic
+from untapped_jax.evaluate import generation
 
 
 def label_only_bound_and_log_q_y(model, y: jax.Array, rng: jax.Array, *,
@@ -112,7 +112,7 @@ def direct_log_q_y(graphdef: nnx.GraphDef, params, settings, *, rng: jax.Array,
   chunks = []
   for i in range(-(-num_samples // chunk)):
     x = sample_image_prior(graphdef, params, settings, jax.random.fold_in(rng, i), chunk)
-    chunks.append(np.asarray(jax.nn.softmax(semantic.classifier_logits(graphdef, params, x)),
+    chunks.append(np.asarray(jax.nn.softmax(generation.classifier_logits(graphdef, params, x)),
                              np.float64))
   q = np.concatenate(chunks)[:num_samples]  # [S, K]
   mean = q.mean(0)

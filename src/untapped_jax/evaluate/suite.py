@@ -15,6 +15,7 @@ from untapped_jax.bounds import untapped
 from untapped_jax.data import streams as streams_lib
 from untapped_jax.evaluate import figures
 from untapped_jax.evaluate import likelihood
+from untapped_jax.evaluate import evaluator as evaluator_lib
 from untapped_jax.evaluate import semantic
 
 
@@ -26,7 +27,7 @@ def evaluate_run(config, workdir: str, *, graphdef, params, splits, mnist) -> di
   kinds = ("logreg", "mlp") if config.eval.strong_evaluator else ("logreg",)
   evaluators, accuracies = {}, {}
   for kind in kinds:
-    evaluators[kind], accuracies[kind] = semantic.load_or_train_evaluator(
+    evaluators[kind], accuracies[kind] = evaluator_lib.load_or_train_evaluator(
         mnist, cache_dir=config.eval.evaluator_cache_dir or None, kind=kind)
   rng = rng_lib.key(config.seed, rng_lib.Stream.SUITE)
   test_x = np.asarray(streams_lib.binarize(
@@ -76,7 +77,7 @@ def make_semantic_probe(config, *, graphdef, splits, mnist):
   The same samples' noise (a fixed key) at every call, so changes come from the model.
   """
   kind = "mlp" if config.eval.strong_evaluator else "logreg"
-  evaluator, _ = semantic.load_or_train_evaluator(
+  evaluator, _ = evaluator_lib.load_or_train_evaluator(
       mnist, cache_dir=config.eval.evaluator_cache_dir or None, kind=kind)
   rng = rng_lib.key(config.seed, rng_lib.Stream.SEMANTIC_PROBE)
   test_x = np.asarray(streams_lib.binarize(
