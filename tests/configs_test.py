@@ -16,9 +16,10 @@ from untapped_jax import configs
 from untapped_jax import sweep
 from untapped_jax.configs import default
 
+from real_mnist import DATA_DIR, needs_mnist
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "experiments" / "configs"
-DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
 
 
 def load(name: str):
@@ -165,7 +166,7 @@ def cli_env(tmp_path, session_caches):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")
+@needs_mnist
 def test_command_line_trains_and_writes_results(tmp_path, cli_env):
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "untapped_jax",

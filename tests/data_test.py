@@ -21,9 +21,8 @@ from untapped_jax.data import mnist
 from untapped_jax.data import splits as splits_lib
 from untapped_jax.data import streams
 
-DATA_DIR = os.environ.get(mnist.ENV_VAR, "")
-needs_data = pytest.mark.skipif(
-    not DATA_DIR, reason=f"set ${mnist.ENV_VAR} to the folder with the four MNIST IDX files")
+from real_mnist import DATA_DIR
+from real_mnist import needs_mnist
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -146,7 +145,7 @@ def test_missing_folder(tmp_path):
     mnist.load_folder(str(a_file))
 
 
-@needs_data
+@needs_mnist
 @pytest.mark.parametrize("missing", BASES)
 def test_missing_file(tmp_path, missing):
   for base in BASES:
@@ -166,7 +165,7 @@ def test_short_header(tmp_path):
     mnist.read_idx(str(path), magic=mnist.LABEL_MAGIC, count=60000)
 
 
-@needs_data
+@needs_mnist
 def test_gzip_cut_file(tmp_path):
   base = "train-labels-idx1-ubyte"
   data = open(os.path.join(DATA_DIR, base + ".gz"), "rb").read()
@@ -177,7 +176,7 @@ def test_gzip_cut_file(tmp_path):
     mnist.read_idx(str(path), magic=mnist.LABEL_MAGIC, count=60000)
 
 
-@needs_data
+@needs_mnist
 @pytest.mark.parametrize("compress", [False, True])
 @pytest.mark.parametrize("base,magic,count,item", [
     ("t10k-images-idx3-ubyte", mnist.IMAGE_MAGIC, 10000, 784),
@@ -198,7 +197,7 @@ def test_raw_cut_and_trailing_bytes(tmp_path, raw_dir, compress, base, magic, co
       mnist.read_idx(str(path), magic=magic, count=count)
 
 
-@needs_data
+@needs_mnist
 def test_cut_file_in_folder_names_the_file(tmp_path, raw_dir):
   for base in BASES:
     data = raw_bytes(raw_dir, base)
@@ -208,7 +207,7 @@ def test_cut_file_in_folder_names_the_file(tmp_path, raw_dir):
     mnist.load_folder(str(tmp_path))
 
 
-@needs_data
+@needs_mnist
 def test_wrong_magic(tmp_path, raw_dir):
   data = raw_bytes(raw_dir, "train-labels-idx1-ubyte")
   path = tmp_path / "train-labels-idx1-ubyte"
@@ -223,7 +222,7 @@ def test_wrong_magic(tmp_path, raw_dir):
     mnist.read_idx(str(path), magic=mnist.IMAGE_MAGIC, count=60000)
 
 
-@needs_data
+@needs_mnist
 def test_wrong_count_in_header(tmp_path, raw_dir):
   data = raw_bytes(raw_dir, "train-labels-idx1-ubyte")
   path = tmp_path / "train-labels-idx1-ubyte.gz"
@@ -239,7 +238,7 @@ def test_wrong_count_in_header(tmp_path, raw_dir):
     mnist.read_idx(str(path), magic=mnist.LABEL_MAGIC, count=10000)
 
 
-@needs_data
+@needs_mnist
 def test_wrong_image_size_and_bad_label(tmp_path, raw_dir):
   images = raw_bytes(raw_dir, "t10k-images-idx3-ubyte")
   path = tmp_path / "t10k-images-idx3-ubyte"
@@ -254,7 +253,7 @@ def test_wrong_image_size_and_bad_label(tmp_path, raw_dir):
     mnist.read_idx(str(path), magic=mnist.LABEL_MAGIC, count=10000)
 
 
-@needs_data
+@needs_mnist
 def test_corrupt_gzip_stream_is_an_mnist_error(tmp_path):
   data = bytearray(open(os.path.join(DATA_DIR, "train-labels-idx1-ubyte.gz"), "rb").read())
   for i in range(100, 200):
@@ -621,7 +620,7 @@ def test_binarize_dynamic_is_bernoulli_of_intensity():
   assert 0.4 < mean[127] < 0.6
 
 
-@needs_data
+@needs_mnist
 def test_binarize_dynamic_on_real_images(real):
   images = jnp.asarray(real["test_images"][:500])
   keys = jax.random.split(jax.random.key(0), 20)

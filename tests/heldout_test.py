@@ -1,7 +1,6 @@
 """Held-out evaluation (accuracy of q(y|x), M2's bounds) against the NumPy reference,
 on real MNIST test images."""
 
-import os
 
 from flax import nnx
 import numpy as np
@@ -15,8 +14,9 @@ from untapped_jax.data import mnist
 from untapped_jax.data import splits as splits_lib
 from untapped_jax.evaluate import heldout
 
-DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
-pytestmark = pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")
+from real_mnist import DATA_DIR, needs_mnist
+
+pytestmark = needs_mnist
 N, DRAWS = 1000, 8
 
 

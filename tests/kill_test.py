@@ -14,9 +14,11 @@ import time
 
 import pytest
 
-DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
+from real_mnist import DATA_DIR
+from real_mnist import needs_mnist
+
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")]
+              needs_mnist]
 
 NUM_STEPS = 400
 # Long enough (a few seconds of training on two cores) that the kills land inside

@@ -10,9 +10,11 @@ import sys
 
 import pytest
 
-DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
+from real_mnist import DATA_DIR
+from real_mnist import needs_mnist
+
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")]
+              needs_mnist]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "m2_benchmark.py") + ":labels=100,runlocal"

@@ -15,13 +15,14 @@ from untapped_jax import train
 from untapped_jax import train_state
 from untapped_jax.configs import default
 
-DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
+from real_mnist import DATA_DIR
+from real_mnist import needs_mnist
 
 
-def needs_mnist(test):
+
+def trains_on_mnist(test):
   """Trains on real MNIST: minutes on two cores, so also marked slow."""
-  return pytest.mark.slow(pytest.mark.skipif(
-      not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")(test))
+  return pytest.mark.slow(needs_mnist(test))
 
 
 def tiny_config(**overrides):
@@ -66,7 +67,7 @@ def assert_replica_matches(population, i, single):
   assert ra["split_sizes"] == rb["split_sizes"]
 
 
-@needs_mnist
+@trains_on_mnist
 @pytest.mark.parametrize("model_name,overrides", [
     ("m2", [{"seed": 0, "train.learning_rate": 1e-3, "objective.classification_weight": 1.0},
             {"seed": 1, "train.learning_rate": 3e-4, "objective.classification_weight": 0.1}]),
@@ -104,7 +105,7 @@ def test_check_population_names_the_keys_that_differ():
     population_lib.check_population([])
 
 
-@needs_mnist
+@trains_on_mnist
 def test_num_seeds_trains_each_seed_once_and_summarises(tmp_path):
   config = tiny_config(num_seeds=2, seed=4)
   summary = train.train_and_evaluate(config, str(tmp_path))
@@ -133,7 +134,7 @@ def test_multi_host_launch_is_read_from_the_launchers_variables(env, expected):
   assert launch.multi_host_launch(env) is expected
 
 
-@needs_mnist
+@trains_on_mnist
 def test_non_finite_loss_stops_naming_step_and_term_and_keeps_the_checkpoint(tmp_path):
   # Adam at a learning rate of 1e12 moves every weight by about 1e12 in one step.
   bad = tiny_config(**{"train.checkpoint_every": 1, "train.log_every": 1,
@@ -149,7 +150,7 @@ def test_non_finite_loss_stops_naming_step_and_term_and_keeps_the_checkpoint(tmp
   assert not run_dir.is_finished(bad, str(tmp_path / "run"))
 
 
-@needs_mnist
+@trains_on_mnist
 def test_a_workdir_of_another_config_is_refused_naming_the_keys(tmp_path):
   train_one(tiny_config(), tmp_path / "run")
   results = (tmp_path / "run" / "results.json").read_text()
@@ -160,7 +161,7 @@ def test_a_workdir_of_another_config_is_refused_naming_the_keys(tmp_path):
   assert (tmp_path / "run" / "results.json").read_text() == results  # untouched
 
 
-@needs_mnist
+@trains_on_mnist
 def test_eval_only_reevaluates_the_final_checkpoint_identically(tmp_path):
   config = tiny_config()  # checkpoint_every=0: the final state is still checkpointed
   first = train.train_and_evaluate(config, str(tmp_path / "run"))
@@ -173,7 +174,7 @@ def test_eval_only_reevaluates_the_final_checkpoint_identically(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / "empty"), eval_only=True)
 
 
-@needs_mnist
+@trains_on_mnist
 def test_population_resume_is_exact(tmp_path):
   seeds = [{"seed": 0}, {"seed": 1, "train.learning_rate": 3e-4}]
   full_configs = [tiny_config(**{**o, "train.num_steps": 30}) for o in seeds]

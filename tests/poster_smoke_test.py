@@ -23,9 +23,11 @@ import pytest
 from untapped_jax import train
 from untapped_jax import train_state
 
-DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
+from real_mnist import DATA_DIR
+from real_mnist import needs_mnist
+
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")]
+              needs_mnist]
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 POSTER = REPO / "experiments" / "configs" / "poster.py"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 
 from flax import nnx
 import jax
@@ -25,6 +24,8 @@ from untapped_jax.bounds import m2
 from untapped_jax.evaluate import likelihood
 from untapped_jax.models import M2
 
+from real_mnist import needs_mnist
+
 from numpy_reference import NumpyM2
 from poster_smoke_test import load_poster_config
 from numpy_reference import np_logsumexp
@@ -33,7 +34,6 @@ from protocols_test import set_param
 
 D, K = 4, 3
 ALL_X = np.array(list(itertools.product([0.0, 1.0], repeat=D)))  # [16, D]
-DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
 
 
 def _tiny(seed: int, scale: float) -> M2:
@@ -120,7 +120,7 @@ def test_missing_prior_is_named():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")
+@needs_mnist
 def test_a_finished_m2_run_is_the_prior_of_an_untapped_run(tmp_path, session_caches):
   m2_config = load_poster_config("model=m2,runlocal", session_caches)
   m2_config.eval.semantic = False

@@ -30,12 +30,13 @@ from untapped_jax.configs import default
 from untapped_jax.data import mnist as mnist_lib
 from untapped_jax.data import splits as splits_lib
 
+from real_mnist import DATA_DIR
+from real_mnist import needs_mnist
+
 from numpy_reference import NumpyM2
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 POSTER = REPO / "experiments" / "configs" / "poster.py"
-DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
-needs_mnist = pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")
 
 
 def load_poster():

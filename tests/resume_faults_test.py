@@ -12,11 +12,13 @@ import pytest
 from untapped_jax import saved_state
 from untapped_jax import train
 
+from real_mnist import DATA_DIR
+from real_mnist import needs_mnist
+
 import population_test
 
-DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")]
+              needs_mnist]
 
 OVERRIDES = {"train.checkpoint_every": 10, "model_name": "untapped"}  # checkpoints at 10 and 20
 RUN_FILES = ("results.json", "metrics.jsonl", "config.json")

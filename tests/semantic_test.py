@@ -24,8 +24,9 @@ from untapped_jax.evaluate import generation
 from untapped_jax.evaluate import semantic
 from untapped_jax.models import M2
 
-DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
-needs_mnist = pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")
+from real_mnist import DATA_DIR
+from real_mnist import needs_mnist
+
 
 
 def brute_force_best(confusion: np.ndarray) -> int:

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
+from real_mnist import needs_mnist
+
 
 # Trains a population of one (data parallel on 2 devices) and of two (one replica per
 # device) and prints their losses, test figures and parameter checksums.
@@ -46,7 +47,7 @@ def run_on(num_devices: int, workdir) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")
+@needs_mnist
 def test_two_devices_give_the_losses_of_one(tmp_path):
   one, two = run_on(1, tmp_path / "d1"), run_on(2, tmp_path / "d2")
   assert one["devices"] == 1 and two["devices"] == 2

@@ -25,6 +25,8 @@ from untapped_jax import population
 from untapped_jax import sweep
 from untapped_jax.sweep import Hyper
 
+from real_mnist import needs_mnist
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 POSTER = REPO / "experiments" / "configs" / "poster.py"
 
@@ -380,7 +382,7 @@ def get_hyper(hyper):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("UNTAPPED_DATA_DIR"), reason="needs real MNIST")
+@needs_mnist
 def test_command_line_sweep_trains_one_population_and_skips_it_on_rerun(tmp_path):
   config_path = tmp_path / "tiny_sweep.py"
   config_path.write_text(SWEEP_CONFIG)

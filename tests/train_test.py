@@ -1,7 +1,6 @@
 """End-to-end training on real MNIST (UNTAPPED_DATA_DIR)."""
 
 import json
-import os
 
 import jax
 import numpy as np
@@ -10,9 +9,11 @@ import pytest
 from untapped_jax import train
 from untapped_jax.configs import default
 
-DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
+from real_mnist import DATA_DIR
+from real_mnist import needs_mnist
+
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")]
+              needs_mnist]
 
 
 def small_config(**train_overrides):

@@ -13,6 +13,9 @@ import pytest
 
 from untapped_jax import workdir_lock
 
+from real_mnist import DATA_DIR
+from real_mnist import needs_mnist
+
 HOLDER = """
 import sys, time
 from untapped_jax import workdir_lock
@@ -75,8 +78,6 @@ def test_hold_available_skips_held_folders(tmp_path):
 
 # ----------------------------------------------------------------------------- launches
 
-DATA_DIR = os.environ.get("UNTAPPED_DATA_DIR", "")
-needs_mnist = pytest.mark.skipif(not DATA_DIR, reason="set UNTAPPED_DATA_DIR to real MNIST")
 
 TINY = {"data.source": "folder", "data.max_unlabeled": 500, "data.num_validation": 500,
         "model.hidden": (32,), "model.latent_dim": 4, "train.log_every": 3,
