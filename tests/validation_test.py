@@ -40,6 +40,13 @@ BAD = [
     ({"model_name": "untapped", "objective.label_only": "wake"}, r"objective.label_only='wake'"),
     ({"model_name": "untapped", "objective.label_smoothing": 1.5},
      r"objective.label_smoothing=1.5"),
+    ({"model_name": "untapped", "objective.label_only": "sleep",
+      "objective.sleep_terms": ("log_p_x", "log_q_y")}, r"objective.sleep_terms=.*'log_q_y'"),
+    ({"model_name": "untapped", "objective.x_estimator": "reinforce"},
+     r"objective.x_estimator='reinforce'"),
+    ({"model_name": "untapped", "objective.image_prior": "gan"}, r"objective.image_prior='gan'"),
+    ({"model_name": "untapped", "objective.label_only_z": "mean"},
+     r"objective.label_only_z='mean'"),
 ]
 
 
