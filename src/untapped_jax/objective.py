@@ -112,10 +112,7 @@ class LabelOnlySettings:
                        "params (objective.image_prior_workdir).")
     if not 0.0 < self.label_smoothing <= 1.0:
       raise ValueError(f"objective.label_smoothing={self.label_smoothing}; expected (0, 1].")
-    bad = [t for t in self.sleep_terms if t not in untapped.SLEEP_OPTIONAL_TERMS]
-    if bad:
-      raise ValueError(f"objective.sleep_terms={tuple(self.sleep_terms)}: {bad} not in "
-                       f"{untapped.SLEEP_OPTIONAL_TERMS}.")
+    untapped.check_sleep_terms(self.sleep_terms)
     if self.num_samples < 1:
       raise ValueError(f"objective.label_only_num_samples={self.num_samples}; expected >= 1.")
     return self

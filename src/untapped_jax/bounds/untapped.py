@@ -177,6 +177,14 @@ SIGNED_TERMS = {"log_q_y_given_x": 1.0, "log_q_z": 1.0, "log_q_x": 1.0, "log_p_z
 SLEEP_OPTIONAL_TERMS = ("log_q_x", "log_p_z", "log_p_x")
 
 
+def check_sleep_terms(extra_terms: tuple[str, ...]) -> None:
+  """Raises ValueError naming the terms of `extra_terms` not in SLEEP_OPTIONAL_TERMS."""
+  bad = [t for t in extra_terms if t not in SLEEP_OPTIONAL_TERMS]
+  if bad:
+    raise ValueError(f"objective.sleep_terms={tuple(extra_terms)}: {bad} not in "
+                     f"{SLEEP_OPTIONAL_TERMS}.")
+
+
 def sleep_objective(model: M2, y: jax.Array, rng: jax.Array, *, log_prior_x: LogPriorX,
                     extra_terms: tuple[str, ...] = (), num_samples: int = 1,
                     label_smoothing: float = 1.0, z: jax.Array | None = None) -> jax.Array:
@@ -187,9 +195,9 @@ def sleep_objective(model: M2, y: jax.Array, rng: jax.Array, *, log_prior_x: Log
   encoder on the model's own generated pairs and nothing else. `extra_terms`
   (from SLEEP_OPTIONAL_TERMS) adds log q(x), -log p(z), -log p(x|y,z) to the value:
   with all three it is the inverted bound with estimator 'exact', whose decoder
-  gradient (through -log p(x|y,z) at a stopped x) has zero mean. (A config's terms are
-  checked at start-up: objective.LabelOnlySettings.check.)
+  gradient (through -log p(x|y,z) at a stopped x) has zero mean.
   """
+  check_sleep_terms(extra_terms)  # at trace time; a config's at start-up (LabelOnlySettings)
   terms = label_only_log_terms(model, y, rng, log_prior_x=log_prior_x, estimator="exact",
                                num_samples=num_samples, label_smoothing=label_smoothing, z=z)
   kept = ("log_q_y_given_x", "log_q_z", *extra_terms)
