@@ -56,29 +56,45 @@ def kernel_initializer(name: str = "lecun_normal", stddev: float = 1e-3):
   raise ValueError(f"model.kernel_init={name!r}; expected one of {KERNEL_INITS}.")
 
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"model.compute_dtype={name!r}; expected one of {sorted(COMPUTE_DTYPES)}.")
+  return COMPUTE_DTYPES[name]
+
+
 class MLP(nnx.Module):
-  """Linear layers with `activation` between them (none after the last)."""
+  """Linear layers with `activation` between them (none after the last).
+
+  Parameters are float32; the layers compute in `dtype` (bfloat16: matmuls and
+  activations at half width) and the output is float32, so the bounds' sums over pixels
+  and labels stay in float32 whatever the layers compute in.
+  """
 
   def __init__(self, din: int, hidden: Sequence[int], dout: int, *, activation: str,
-               rngs: nnx.Rngs, kernel_init=None):
+               rngs: nnx.Rngs, kernel_init=None, dtype=jnp.float32):
     sizes = [din, *hidden, dout]
     init = kernel_init or kernel_initializer()
-    self.layers = nnx.List([nnx.Linear(a, b, kernel_init=init, rngs=rngs)
+    self.layers = nnx.List([nnx.Linear(a, b, kernel_init=init, rngs=rngs, dtype=dtype,
+                                       param_dtype=jnp.float32)
                             for a, b in zip(sizes, sizes[1:])])
     self.activation = activation_fn(activation)
 
   def __call__(self, h: jax.Array) -> jax.Array:
     for layer in self.layers[:-1]:
       h = self.activation(layer(h))
-    return self.layers[-1](h)
+    return self.layers[-1](h).astype(jnp.float32)
 
 
 class Classifier(nnx.Module):
   """q(y|x): x [..., D] -> logits [..., K]."""
 
-  def __init__(self, *, num_pixels, num_classes, hidden, activation, rngs, kernel_init=None):
+  def __init__(self, *, num_pixels, num_classes, hidden, activation, rngs, kernel_init=None,
+               dtype=jnp.float32):
     self.net = MLP(num_pixels, hidden, num_classes, activation=activation, rngs=rngs,
-                   kernel_init=kernel_init)
+                   kernel_init=kernel_init, dtype=dtype)
 
   def __call__(self, x):
     return self.net(x)
@@ -93,16 +109,17 @@ class Encoder(nnx.Module):
   """
 
   def __init__(self, *, num_pixels, num_classes, latent_dim, hidden, activation, rngs,
-               kernel_init=None):
+               kernel_init=None, dtype=jnp.float32):
     if not hidden:
       raise ValueError("model.hidden=(): the encoder needs at least one hidden layer.")
     init = kernel_init or kernel_initializer()
-    self.from_x = nnx.Linear(num_pixels, hidden[0], kernel_init=init, rngs=rngs)
+    self.from_x = nnx.Linear(num_pixels, hidden[0], kernel_init=init, rngs=rngs, dtype=dtype,
+                             param_dtype=jnp.float32)
     self.from_y = nnx.Linear(num_classes, hidden[0], use_bias=False, kernel_init=init,
-                             rngs=rngs)
+                             rngs=rngs, dtype=dtype, param_dtype=jnp.float32)
     self.activation = activation_fn(activation)
     self.net = MLP(hidden[0], hidden[1:], 2 * latent_dim, activation=activation, rngs=rngs,
-                   kernel_init=kernel_init)
+                   kernel_init=kernel_init, dtype=dtype)
 
   def __call__(self, x, y):
     h = self.activation(self.from_x(x) + self.from_y(y))
@@ -114,9 +131,9 @@ class Decoder(nnx.Module):
   """p(x|y,z), independent Bernoulli pixels: (y [..., K], z [..., Z]) -> logits [..., D]."""
 
   def __init__(self, *, num_pixels, num_classes, latent_dim, hidden, activation, rngs,
-               kernel_init=None):
+               kernel_init=None, dtype=jnp.float32):
     self.net = MLP(num_classes + latent_dim, hidden, num_pixels, activation=activation,
-                   rngs=rngs, kernel_init=kernel_init)
+                   rngs=rngs, kernel_init=kernel_init, dtype=dtype)
 
   def __call__(self, y, z):
     return self.net(jnp.concatenate([y, z], -1))
@@ -127,10 +144,10 @@ class M2(nnx.Module):
 
   def __init__(self, *, num_pixels: int = 784, num_classes: int = 10, latent_dim: int = 50,
                hidden: Sequence[int] = (500,), activation: str = "softplus",
-               rngs: nnx.Rngs, kernel_init=None):
+               rngs: nnx.Rngs, kernel_init=None, dtype=jnp.float32):
     self.num_pixels, self.num_classes, self.latent_dim = num_pixels, num_classes, latent_dim
     common = dict(num_pixels=num_pixels, num_classes=num_classes, hidden=tuple(hidden),
-                  activation=activation, rngs=rngs, kernel_init=kernel_init)
+                  activation=activation, rngs=rngs, kernel_init=kernel_init, dtype=dtype)
     self.classifier = Classifier(**common)
     self.encoder = Encoder(latent_dim=latent_dim, **common)
     self.decoder = Decoder(latent_dim=latent_dim, **common)
@@ -142,4 +159,5 @@ def build(model_config: Any, *, seed: int) -> M2:
             latent_dim=model_config.latent_dim, hidden=tuple(model_config.hidden),
             activation=model_config.activation,
             rngs=nnx.Rngs(rng_lib.key(seed, rng_lib.Stream.INIT)),
-            kernel_init=kernel_initializer(model_config.kernel_init, model_config.init_stddev))
+            kernel_init=kernel_initializer(model_config.kernel_init, model_config.init_stddev),
+            dtype=compute_dtype(model_config.get("compute_dtype", "float32")))

@@ -43,6 +43,7 @@ def validate(config) -> None:
                      f"{streams_lib.BINARIZATIONS}.")
   splits_lib.check_config(config.data)
   models.activation_fn(config.model.activation)
+  models.compute_dtype(config.model.compute_dtype)
   models.kernel_initializer(config.model.kernel_init, config.model.init_stddev)
   if not config.model.hidden or any(h < 1 for h in config.model.hidden):
     raise ValueError(f"model.hidden={tuple(config.model.hidden)}; expected positive widths, "

@@ -44,6 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.activation = "softplus"
   c.model.kernel_init = "lecun_normal"  # 'lecun_normal' (flax's) | 'normal'
   c.model.init_stddev = 1e-3  # kernel_init='normal' only: N(0, init_stddev^2)
+  # What the layers compute in: 'float32', or 'bfloat16' (parameters, optimizer and the
+  # bounds' sums stay float32; docs/benchmarks.md says how far it moves the bounds).
+  c.model.compute_dtype = "float32"
 
   c.objective = ml_collections.ConfigDict()
   # 'dataset': each stream's sum estimated from its batch mean (module doc of objective.py);
