@@ -1,7 +1,10 @@
-"""Faults between runs: a newest checkpoint that cannot be read costs one checkpoint
-interval (the rerun says so, resumes from the one before, and ends in the bytes of a run
-never damaged); when none can be read, the launch says so in one line."""
+"""Faults: a newest checkpoint that cannot be read costs one checkpoint interval (the rerun
+says so, resumes from the one before, and ends in the bytes of a run never damaged); when
+none can be read, the launch says so in one line. A disk that stops taking writes while a
+run trains stops it with one clear error, the last checkpoint intact, and the rerun ends in
+the bytes of a run never stopped."""
 
+import errno
 import os
 import pathlib
 import subprocess
@@ -9,6 +12,9 @@ import sys
 
 import pytest
 
+from untapped_jax import launch
+from untapped_jax import metric_writer
+from untapped_jax import run_dir
 from untapped_jax import saved_state
 from untapped_jax import train
 
@@ -79,3 +85,28 @@ def test_no_readable_checkpoint_is_one_line_naming_the_folder(tmp_path):
   errors = [l for l in out.stderr.splitlines() if l.startswith("main.py: error:")]
   assert len(errors) == 1 and "none restores" in errors[0] and str(workdir) in errors[0]
   assert out.stderr.strip().splitlines()[-1] == errors[0]
+
+
+def test_a_disk_that_fills_mid_run_stops_it_cleanly_and_the_rerun_resumes(tmp_path,
+                                                                          monkeypatch):
+  config = population_test.tiny_config(**{**OVERRIDES, "train.num_steps": 30})
+  reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+  train.train_and_evaluate(config, str(reference))
+  append = metric_writer._append_line  # pylint: disable=protected-access
+
+  def full_disk_from_step_20(path, record):
+    if record["step"] >= 20:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    append(path, record)
+
+  monkeypatch.setattr(metric_writer, "_append_line", full_disk_from_step_20)
+  with pytest.raises(run_dir.RunFolderUnwritable,
+                     match=r"No space left on device.*last checkpoint \(step 10\) is intact"):
+    train.train_and_evaluate(config, str(stopped))
+  assert issubclass(run_dir.RunFolderUnwritable, launch.STARTUP_ERRORS)  # one line, exit 2
+  assert sorted(os.listdir(stopped / "checkpoints")) == ["10"]
+  assert not (stopped / "results.json").exists()
+  monkeypatch.setattr(metric_writer, "_append_line", append)  # space again
+  train.train_and_evaluate(config, str(stopped))
+  for name in RUN_FILES:
+    assert (stopped / name).read_bytes() == (reference / name).read_bytes(), name

@@ -12,15 +12,17 @@ from absl import flags
 from absl import logging
 import jax
 
+from untapped_jax import run_dir
 from untapped_jax import workdir_lock
 
 _DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of a start-up error.")
 
 # What a bad config, data folder or workdir raises: each names the key or path, the value
 # and what is accepted. Anything else is a bug and keeps its traceback.
-# (saved_state.NoGoodCheckpoint is a ValueError.)
+# (saved_state.NoGoodCheckpoint is a ValueError.) A disk that takes no more writes while
+# a run trains is one line too (run_dir.RunFolderUnwritable).
 STARTUP_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
-                  workdir_lock.FolderInUse)
+                  workdir_lock.FolderInUse, run_dir.RunFolderUnwritable)
 
 
 def one_line_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:

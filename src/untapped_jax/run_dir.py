@@ -7,6 +7,7 @@ which the command-line tools print as one line (launch.one_line_errors).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -102,3 +103,24 @@ def is_finished(config, workdir: str) -> bool:
     return False
   with open(paths[1]) as f:
     return json.load(f) == json.loads(json.dumps(config.to_dict()))
+
+
+class RunFolderUnwritable(RuntimeError):
+  """Writing a run's files failed while it trained (a full disk, a folder made read-only)."""
+
+
+# What a full or read-only disk raises; anything else keeps its traceback.
+UNWRITABLE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                     errno.EIO)
+
+
+def unwritable_error(e: OSError, *, last_checkpoint: int | None) -> RunFolderUnwritable | None:
+  """The one-line error for `e` when it says the disk took no more writes, else None."""
+  if e.errno not in UNWRITABLE_ERRNOS:
+    return None
+  kept = ("no checkpoint was written yet, so the rerun starts over" if last_checkpoint is None
+          else f"the last checkpoint (step {last_checkpoint}) is intact and the rerun "
+               "resumes from it")
+  return RunFolderUnwritable(
+      f"writing {e.filename or 'a run file'!r} failed ({e.strerror}); training stopped and "
+      f"{kept}: free space or make the folder writable, then run the same command again.")

@@ -177,11 +177,17 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
                                           resume_step=s.manager.latest_step() or 0,
                                           tensorboard=s.config.train.tensorboard)
   try:
-    end = _train_loop(s, state, best, step_fn)
-  finally:  # whatever stopped training: commit the checkpoints already begun, flush logs
-    s.manager.wait_until_finished()
-    for r in replicas:
-      r.writer.close()
+    try:
+      end = _train_loop(s, state, best, step_fn)
+    finally:  # whatever stopped training: commit the checkpoints already begun, flush logs
+      s.manager.wait_until_finished()
+      for r in replicas:
+        r.writer.close()
+  except OSError as e:  # the files are written atomically: what was written is whole
+    unwritable = run_dir.unwritable_error(e, last_checkpoint=s.manager.latest_step())
+    if unwritable is None:
+      raise
+    raise unwritable from e
   if files.is_writer():
     for r in replicas:
       files.write_json(os.path.join(r.workdir, metric_writer.TIMING_FILE),
