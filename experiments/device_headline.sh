@@ -17,12 +17,12 @@ mkdir -p "$root" "$out"
 python3 - <<'PY'
 import os, time, ml_collections, jax
 from untapped_jax.data import mnist
-from untapped_jax.evaluate import semantic
+from untapped_jax.evaluate import evaluator
 print("devices:", jax.devices(), flush=True)
 d = mnist.load(ml_collections.ConfigDict(dict(source="folder", dir=os.environ["UNTAPPED_DATA_DIR"], tfds_data_dir="")))
 for kind in ("logreg", "mlp"):
   t = time.time()
-  print(kind, "evaluator test accuracy", semantic.load_or_train_evaluator(d, kind=kind)[1],
+  print(kind, "evaluator test accuracy", evaluator.load_or_train_evaluator(d, kind=kind)[1],
         f"({time.time() - t:.0f} s)", flush=True)
 PY
 for ((i = 0; i < shards; i++)); do
