@@ -56,7 +56,9 @@ def kernel_initializer(name: str = "lecun_normal", stddev: float = 1e-3):
   raise ValueError(f"model.kernel_init={name!r}; expected one of {KERNEL_INITS}.")
 
 
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# None: each layer computes in its inputs' and parameters' dtype (float32, or float64 under
+# jax_enable_x64 in the gradient tests).
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
 def compute_dtype(name: str):
@@ -68,13 +70,13 @@ def compute_dtype(name: str):
 class MLP(nnx.Module):
   """Linear layers with `activation` between them (none after the last).
 
-  Parameters are float32; the layers compute in `dtype` (bfloat16: matmuls and
-  activations at half width) and the output is float32, so the bounds' sums over pixels
-  and labels stay in float32 whatever the layers compute in.
+  Parameters are float32; the layers compute in `dtype` (None: the parameters' own;
+  bfloat16: matmuls and activations at half width) and the output is at least float32,
+  so the bounds' sums over pixels and labels stay in float32 whatever the layers use.
   """
 
   def __init__(self, din: int, hidden: Sequence[int], dout: int, *, activation: str,
-               rngs: nnx.Rngs, kernel_init=None, dtype=jnp.float32):
+               rngs: nnx.Rngs, kernel_init=None, dtype=None):
     sizes = [din, *hidden, dout]
     init = kernel_init or kernel_initializer()
     self.layers = nnx.List([nnx.Linear(a, b, kernel_init=init, rngs=rngs, dtype=dtype,
@@ -85,14 +87,15 @@ class MLP(nnx.Module):
   def __call__(self, h: jax.Array) -> jax.Array:
     for layer in self.layers[:-1]:
       h = self.activation(layer(h))
-    return self.layers[-1](h).astype(jnp.float32)
+    out = self.layers[-1](h)
+    return out.astype(jnp.promote_types(out.dtype, jnp.float32))
 
 
 class Classifier(nnx.Module):
   """q(y|x): x [..., D] -> logits [..., K]."""
 
   def __init__(self, *, num_pixels, num_classes, hidden, activation, rngs, kernel_init=None,
-               dtype=jnp.float32):
+               dtype=None):
     self.net = MLP(num_pixels, hidden, num_classes, activation=activation, rngs=rngs,
                    kernel_init=kernel_init, dtype=dtype)
 
@@ -109,7 +112,7 @@ class Encoder(nnx.Module):
   """
 
   def __init__(self, *, num_pixels, num_classes, latent_dim, hidden, activation, rngs,
-               kernel_init=None, dtype=jnp.float32):
+               kernel_init=None, dtype=None):
     if not hidden:
       raise ValueError("model.hidden=(): the encoder needs at least one hidden layer.")
     init = kernel_init or kernel_initializer()
@@ -131,7 +134,7 @@ class Decoder(nnx.Module):
   """p(x|y,z), independent Bernoulli pixels: (y [..., K], z [..., Z]) -> logits [..., D]."""
 
   def __init__(self, *, num_pixels, num_classes, latent_dim, hidden, activation, rngs,
-               kernel_init=None, dtype=jnp.float32):
+               kernel_init=None, dtype=None):
     self.net = MLP(num_classes + latent_dim, hidden, num_pixels, activation=activation,
                    rngs=rngs, kernel_init=kernel_init, dtype=dtype)
 
@@ -144,7 +147,7 @@ class M2(nnx.Module):
 
   def __init__(self, *, num_pixels: int = 784, num_classes: int = 10, latent_dim: int = 50,
                hidden: Sequence[int] = (500,), activation: str = "softplus",
-               rngs: nnx.Rngs, kernel_init=None, dtype=jnp.float32):
+               rngs: nnx.Rngs, kernel_init=None, dtype=None):
     self.num_pixels, self.num_classes, self.latent_dim = num_pixels, num_classes, latent_dim
     common = dict(num_pixels=num_pixels, num_classes=num_classes, hidden=tuple(hidden),
                   activation=activation, rngs=rngs, kernel_init=kernel_init, dtype=dtype)
