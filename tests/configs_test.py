@@ -16,7 +16,7 @@ from untapped_jax import configs
 from untapped_jax import sweep
 from untapped_jax.configs import default
 
-from real_mnist import DATA_DIR, needs_mnist
+from real_mnist import DATA_DIR
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "experiments" / "configs"
@@ -166,7 +166,6 @@ def cli_env(tmp_path, session_caches):
 
 
 @pytest.mark.slow
-@needs_mnist
 def test_command_line_trains_and_writes_results(tmp_path, cli_env):
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "untapped_jax",

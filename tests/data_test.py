@@ -21,7 +21,7 @@ from untapped_jax.data import mnist
 from untapped_jax.data import splits as splits_lib
 from untapped_jax.data import streams
 
-from real_mnist import DATA_DIR
+from real_mnist import REAL_DATA_DIR as DATA_DIR  # real digits or skip
 from real_mnist import needs_mnist
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

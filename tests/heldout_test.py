@@ -14,7 +14,7 @@ from untapped_jax.data import mnist
 from untapped_jax.data import splits as splits_lib
 from untapped_jax.evaluate import heldout
 
-from real_mnist import DATA_DIR, needs_mnist
+from real_mnist import REAL_DATA_DIR as DATA_DIR, needs_mnist
 
 pytestmark = needs_mnist
 N, DRAWS = 1000, 8

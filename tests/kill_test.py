@@ -15,10 +15,8 @@ import time
 import pytest
 
 from real_mnist import DATA_DIR
-from real_mnist import needs_mnist
 
-pytestmark = [pytest.mark.slow,
-              needs_mnist]
+pytestmark = pytest.mark.slow
 
 NUM_STEPS = 400
 # Long enough (a few seconds of training on two cores) that the kills land inside

@@ -11,10 +11,8 @@ import sys
 import pytest
 
 from real_mnist import DATA_DIR
-from real_mnist import needs_mnist
 
-pytestmark = [pytest.mark.slow,
-              needs_mnist]
+pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "m2_benchmark.py") + ":labels=100,runlocal"

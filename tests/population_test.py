@@ -19,13 +19,12 @@ from untapped_jax import train_state
 from untapped_jax.configs import default
 
 from real_mnist import DATA_DIR
-from real_mnist import needs_mnist
 
 
 
 def trains_on_mnist(test):
-  """Trains on real MNIST: minutes on two cores, so also marked slow."""
-  return pytest.mark.slow(needs_mnist(test))
+  """Trains on MNIST (real_mnist.DATA_DIR): seconds to minutes on two cores, so slow."""
+  return pytest.mark.slow(test)
 
 
 def tiny_config(**overrides):

@@ -30,7 +30,7 @@ from untapped_jax.configs import default
 from untapped_jax.data import mnist as mnist_lib
 from untapped_jax.data import splits as splits_lib
 
-from real_mnist import DATA_DIR
+from real_mnist import REAL_DATA_DIR as DATA_DIR  # real digits or skip
 from real_mnist import needs_mnist
 
 from numpy_reference import NumpyM2

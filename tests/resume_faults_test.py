@@ -19,12 +19,10 @@ from untapped_jax import saved_state
 from untapped_jax import train
 
 from real_mnist import DATA_DIR
-from real_mnist import needs_mnist
 
 import population_test
 
-pytestmark = [pytest.mark.slow,
-              needs_mnist]
+pytestmark = pytest.mark.slow
 
 OVERRIDES = {"train.checkpoint_every": 10, "model_name": "untapped"}  # checkpoints at 10 and 20
 RUN_FILES = ("results.json", "metrics.jsonl", "config.json")

@@ -24,7 +24,7 @@ from untapped_jax.evaluate import generation
 from untapped_jax.evaluate import semantic
 from untapped_jax.models import M2
 
-from real_mnist import DATA_DIR
+from real_mnist import REAL_DATA_DIR as DATA_DIR  # real digits or skip
 from real_mnist import needs_mnist
 
 

@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 
-from real_mnist import needs_mnist
 
 
 # Trains a population of one (data parallel on 2 devices) and of two (one replica per
@@ -51,7 +50,6 @@ def result_of(process: subprocess.Popen) -> dict:
 
 
 @pytest.mark.slow
-@needs_mnist
 def test_two_devices_give_the_losses_of_one(tmp_path):
   # Both at once, in their own folders: the two cores share their start-ups.
   processes = start_on(1, tmp_path / "d1"), start_on(2, tmp_path / "d2")

@@ -25,7 +25,8 @@ from untapped_jax import population
 from untapped_jax import sweep
 from untapped_jax.sweep import Hyper
 
-from real_mnist import needs_mnist
+from real_mnist import DATA_DIR
+
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 POSTER = REPO / "experiments" / "configs" / "poster.py"
@@ -382,14 +383,14 @@ def get_hyper(hyper):
 
 
 @pytest.mark.slow
-@needs_mnist
 def test_command_line_sweep_trains_one_population_and_skips_it_on_rerun(tmp_path):
   config_path = tmp_path / "tiny_sweep.py"
   config_path.write_text(SWEEP_CONFIG)
   root = tmp_path / "sweep"
+  env = dict(os.environ, UNTAPPED_DATA_DIR=DATA_DIR)  # the config reads the folder from it
   cmd = [sys.executable, "-m", "untapped_jax.sweep", f"--config={config_path}",
          f"--workdir={root}", "--reference=learning_rate=0.001", "--metrics=test_accuracy"]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   # Seeds and learning rates differ only in population keys: one population of four.
   assert len(os.listdir(root / "populations")) == 1
@@ -401,7 +402,7 @@ def test_command_line_sweep_trains_one_population_and_skips_it_on_rerun(tmp_path
       assert results["num_steps"] == 6
   md = (root / "sweep.md").read_text()
   assert "| learning_rate=0.001 | 2 |" in md and "| learning_rate=0.0003 | 2 |" in md
-  rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+  rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert "4 of 4 points already finished" in rerun.stderr
   # --eval_only evaluates every population again from its checkpoint and trains nothing:
@@ -412,7 +413,7 @@ def test_command_line_sweep_trains_one_population_and_skips_it_on_rerun(tmp_path
   damaged = json.loads(first.read_text())
   del damaged["test_accuracy"]
   first.write_text(json.dumps(damaged))
-  again = subprocess.run(cmd + ["--eval_only"], capture_output=True, text=True, timeout=600)
+  again = subprocess.run(cmd + ["--eval_only"], capture_output=True, text=True, timeout=600, env=env)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "evaluating" in again.stderr and "again" in again.stderr
   assert {p: p.read_bytes() for p in root.glob("*/seed_*/results.json")} == before

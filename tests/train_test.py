@@ -11,7 +11,7 @@ import pytest
 from untapped_jax import train
 from untapped_jax.configs import default
 
-from real_mnist import DATA_DIR
+from real_mnist import REAL_DATA_DIR as DATA_DIR  # real digits or skip
 from real_mnist import needs_mnist
 
 pytestmark = [pytest.mark.slow,

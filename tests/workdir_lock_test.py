@@ -14,7 +14,6 @@ import pytest
 from untapped_jax import workdir_lock
 
 from real_mnist import DATA_DIR
-from real_mnist import needs_mnist
 
 HOLDER = """
 import sys, time
@@ -92,7 +91,6 @@ def train_command(workdir, **flags):
 
 
 @pytest.mark.slow
-@needs_mnist
 def test_a_second_launch_into_a_live_runs_workdir_stops_at_once_touching_nothing(tmp_path):
   workdir = tmp_path / "run"
   # The first launch: long enough to be alive when the second comes.
@@ -156,7 +154,6 @@ def trained_seeds(stderr):
 
 
 @pytest.mark.slow
-@needs_mnist
 def test_sweeps_skip_held_run_folders_and_never_train_a_point_twice(tmp_path):
   root = tmp_path / "sweep"
   holder = start_holder(root / "default" / "seed_1")
