@@ -1,8 +1,9 @@
 r"""How far the bfloat16 compute policy moves the bounds and the accuracy, against float32.
 
-  python benchmarks/precision.py --workdir /tmp/precision [--steps 2000] [--labels 3000]
+  python benchmarks/precision.py --workdir /tmp/precision [--steps 2000] \
+      [--config experiments/configs/m2_benchmark.py:labels=3000] [--config.KEY=VALUE ...]
 
-Trains M2 (experiments/configs/m2_benchmark.py) for --steps twice, once computing in
+Trains the config (default: M2 on 3,000 labels) for --steps twice, once computing in
 float32 and once in bfloat16 (model.compute_dtype; parameters and optimizer float32 in
 both), each in its own run folder under --workdir. Prints, as a table and one JSON line:
 the test accuracy and bounds of each run, and the float32 run's parameters evaluated
@@ -19,6 +20,7 @@ import time
 from absl import app
 from absl import flags
 from flax import nnx
+from ml_collections import config_flags
 
 from untapped_jax import models
 from untapped_jax import saved_state
@@ -29,19 +31,16 @@ from untapped_jax.evaluate import heldout
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the two runs.", required=True)
 _STEPS = flags.DEFINE_integer("steps", 2000, "Training steps of each run.")
-_LABELS = flags.DEFINE_integer("labels", 3000, "m2_benchmark.py's labels=.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "experiments", "configs", "m2_benchmark.py") + ":labels=3000",
+    "The config both runs train (FILE[:ARG]).")
 
 KEYS = ("accuracy", "labeled_elbo", "unlabeled_bound")
 
 
-def m2_config(dtype: str):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "experiments", "configs", "m2_benchmark.py")
-  spec = importlib.util.spec_from_file_location("m2_benchmark_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config(f"labels={_LABELS.value}")
+def run_config(dtype: str):
+  c = _CONFIG.value.copy_and_resolve_references()
   c.train.num_steps = _STEPS.value
   c.train.eval_every = _STEPS.value
   c.train.log_every = min(c.train.log_every, _STEPS.value)
@@ -57,7 +56,7 @@ def main(argv):
   runs, seconds = {}, {}
   for dtype in ("float32", "bfloat16"):
     start = time.time()
-    runs[dtype] = train.train_and_evaluate(m2_config(dtype), os.path.join(_WORKDIR.value, dtype))
+    runs[dtype] = train.train_and_evaluate(run_config(dtype), os.path.join(_WORKDIR.value, dtype))
     seconds[dtype] = time.time() - start
   # The float32 run's parameters, evaluated with float32 and with bfloat16 layers.
   graphdef, params, config = saved_state.load_run_params(os.path.join(_WORKDIR.value,
@@ -80,7 +79,7 @@ def main(argv):
                 f"{r['labeled_elbo']:.3f} | {r['unlabeled_bound']:.3f} | |")
   print("\n".join(rows))
   print(json.dumps({
-      "steps": _STEPS.value, "labels": _LABELS.value,
+      "steps": _STEPS.value, "config": flags.FLAGS["config"].config_filename,
       "trained": {d: {k: runs[d][f"test_{k}"] for k in KEYS} for d in runs},
       "same_params": same_params,
       "same_params_bfloat16_minus_float32": {
