@@ -50,3 +50,12 @@ def test_short_training_run_learns_to_classify(tmp_path):
   assert lines[-1]["train/unlabeled_bound"] > lines[0]["train/unlabeled_bound"] + 20
   assert -250 < results["test_unlabeled_bound"] < -60
   assert json.load(open(tmp_path / "config.json"))["train"]["num_steps"] == 400
+  # timing.json: where the process's time went. The phases are disjoint parts of it, and
+  # the first step, which compiles the step, costs more than an average later step.
+  timing = json.load(open(tmp_path / "timing.json"))
+  assert timing["num_steps"] == 400
+  for key in ("startup_s", "first_step_s", "train_wall_s", "final_evaluation_s"):
+    assert timing[key] > 0, key
+  assert (timing["startup_s"] + timing["train_wall_s"] + timing["final_evaluation_s"]
+          <= timing["process_s"] + 1e-6)
+  assert timing["first_step_s"] > (timing["train_wall_s"] - timing["first_step_s"]) / 399

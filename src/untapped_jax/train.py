@@ -28,6 +28,7 @@ import numpy as np
 import optax
 import tqdm
 
+import untapped_jax
 from untapped_jax import files
 from untapped_jax import launch
 from untapped_jax import metric_writer
@@ -123,6 +124,7 @@ class LoopEnd(NamedTuple):
   best: saved_state.BestState
   num_steps: int  # the step training stopped at
   wall_s: float  # seconds spent in the loop
+  first_step_s: float | None  # this attempt's first step, compilation included (None: none ran)
 
 
 def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str],
@@ -179,6 +181,7 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
     r.writer = metric_writer.MetricWriter(r.workdir, config=r.config.to_dict(),
                                           resume_step=s.manager.latest_step() or 0,
                                           tensorboard=s.config.train.tensorboard)
+  startup_s = time.time() - untapped_jax.IMPORTED_AT
   try:
     try:
       end = _train_loop(s, state, best, step_fn)
@@ -191,12 +194,26 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
     if unwritable is None:
       raise
     raise unwritable from e
+  timing = {"num_steps": end.num_steps, "population_size": len(replicas),
+            "startup_s": startup_s, "first_step_s": end.first_step_s}
+  _write_timing(replicas, {r.workdir: dict(timing, train_wall_s=r.writer.wall_s_before
+                                           + end.wall_s) for r in replicas})
+  evaluation_start = time.time()
+  population = _final_evaluation(s, end.state, end.best, num_steps=end.num_steps)
+  _write_timing(replicas, {r.workdir: dict(
+      timing, train_wall_s=r.writer.wall_s_before + end.wall_s,
+      final_evaluation_s=time.time() - evaluation_start,
+      process_s=time.time() - untapped_jax.IMPORTED_AT) for r in replicas})
+  return population
+
+
+def _write_timing(replicas: Sequence[Replica], by_workdir: dict[str, dict[str, Any]]) -> None:
+  """timing.json of each replica: this attempt's start-up (package import to the first
+  step), its first step (compilation included), the training seconds over all attempts,
+  and, once results.json is written, the final evaluation and the whole process."""
   if files.is_writer():
     for r in replicas:
-      files.write_json(os.path.join(r.workdir, metric_writer.TIMING_FILE),
-                       {"train_wall_s": r.writer.wall_s_before + end.wall_s,
-                        "num_steps": end.num_steps, "population_size": len(replicas)})
-  return _final_evaluation(s, end.state, end.best, num_steps=end.num_steps)
+      files.write_json(os.path.join(r.workdir, metric_writer.TIMING_FILE), by_workdir[r.workdir])
 
 
 def _train_loop(s: Session, state: TrainState, best: saved_state.BestState,
@@ -212,8 +229,12 @@ def _train_loop(s: Session, state: TrainState, best: saved_state.BestState,
   last_accuracy = [float("nan")] * len(replicas)
   bar = tqdm.trange(first, num_steps, disable=not config.train.progress_bar,
                     desc="train", dynamic_ncols=True)
+  first_step_s = None
   for step in bar:
     state, metrics = step_fn(state, s.placement.batch(population_lib.batch_at(replicas, step)))
+    if first_step_s is None:
+      jax.block_until_ready(metrics)
+      first_step_s = time.time() - start_time
     history.append(metrics)
     done = step + 1
     if time_limit and time.time() - start_time > time_limit and done < num_steps:
@@ -248,7 +269,8 @@ def _train_loop(s: Session, state: TrainState, best: saved_state.BestState,
     if done == num_steps:
       break
   s.manager.wait_until_finished()
-  return LoopEnd(state, best, int(placement_lib.fetch(state.step)[0]), time.time() - start_time)
+  return LoopEnd(state, best, int(placement_lib.fetch(state.step)[0]), time.time() - start_time,
+                 first_step_s)
 
 
 def _final_evaluation(s: Session, state: TrainState, best: saved_state.BestState, *,
