@@ -21,6 +21,7 @@ from untapped_jax.configs import default
 from untapped_jax.data import mnist
 
 from real_mnist import DATA_DIR
+from tiny_models import tiny_m2
 
 D, K, Z = 12, 4, 3
 
@@ -28,13 +29,8 @@ D, K, Z = 12, 4, 3
 def _model(seed: int, *, hidden=(9, 7), activation="softplus", dtype=None) -> models.M2:
   """A small M2 with two hidden layers and non-zero random biases (the default init's
   are zero, which would hide a missing or doubled bias)."""
-  model = models.M2(num_pixels=D, num_classes=K, latent_dim=Z, hidden=hidden,
-                    activation=activation, rngs=nnx.Rngs(seed), dtype=dtype)
-  rs = np.random.RandomState(300 + seed)
-  for _, layer in nnx.iter_graph(model):
-    if isinstance(layer, nnx.Linear) and layer.bias is not None:
-      layer.bias[...] = jnp.asarray(0.5 * rs.randn(*layer.bias[...].shape), jnp.float32)
-  return model
+  return tiny_m2(seed, num_pixels=D, num_classes=K, latent_dim=Z, hidden=hidden,
+                 activation=activation, bias_seed=300 + seed, dtype=dtype)
 
 
 def _images(n: int, seed: int) -> np.ndarray:

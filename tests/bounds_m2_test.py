@@ -28,6 +28,7 @@ from numpy_reference import NumpyM2
 from numpy_reference import np_bernoulli
 from numpy_reference import np_log_normal
 from numpy_reference import np_logsumexp
+from tiny_models import tiny_m2
 
 D, K, Z, H = 6, 3, 2, (5,)
 ACTIVATION = "softplus"
@@ -46,15 +47,8 @@ def _enable_x64():
 
 def _perturbed_model(seed: int = 0, scale: float = 1.0) -> M2:
   """Tiny M2 whose biases are non-zero (default init has zero biases) and kernels scaled."""
-  model = M2(num_pixels=D, num_classes=K, latent_dim=Z, hidden=H, activation=ACTIVATION,
-             rngs=nnx.Rngs(seed))
-  rs = np.random.RandomState(100 + seed)
-  for _, layer in nnx.iter_graph(model):
-    if isinstance(layer, nnx.Linear):
-      layer.kernel[...] = layer.kernel[...] * scale
-      if getattr(layer, "bias", None) is not None:
-        layer.bias[...] = jnp.asarray(0.5 * rs.randn(*layer.bias[...].shape), jnp.float32)
-  return model
+  return tiny_m2(seed, num_pixels=D, num_classes=K, latent_dim=Z, hidden=H,
+                 activation=ACTIVATION, bias_seed=100 + seed, kernel_scale=scale)
 
 
 @pytest.fixture(scope="module")

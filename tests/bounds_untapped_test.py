@@ -38,6 +38,7 @@ from numpy_reference import NumpyM2
 from numpy_reference import np_bernoulli
 from numpy_reference import np_log_normal
 from numpy_reference import np_logsumexp
+from tiny_models import tiny_m2
 
 D, K, Z, H = 4, 3, 2, (6,)
 ACTIVATION = "tanh"
@@ -48,13 +49,8 @@ PIXEL_PROBS = np.array([0.2, 0.7, 0.45, 0.9], np.float32)
 
 def _model(seed: int, *, bias_scale: float = 0.3, out_scale: float = 1.0) -> M2:
   """Tiny tanh M2 with non-zero random biases (the default init has zero biases)."""
-  model = M2(num_pixels=D, num_classes=K, latent_dim=Z, hidden=H, activation=ACTIVATION,
-             rngs=nnx.Rngs(seed))
-  rs = np.random.RandomState(1000 + seed)
-  for _, layer in nnx.iter_graph(model):
-    if isinstance(layer, nnx.Linear) and getattr(layer, "bias", None) is not None:
-      layer.bias[...] = jnp.asarray(bias_scale * rs.randn(*layer.bias[...].shape),
-                                    jnp.float32)
+  model = tiny_m2(seed, num_pixels=D, num_classes=K, latent_dim=Z, hidden=H,
+                  activation=ACTIVATION, bias_seed=1000 + seed, bias_scale=bias_scale)
   # Keep q(z|x,y)'s variance near p(z)'s so the importance weights have finite variance.
   last = model.encoder.net.layers[-1]
   last.kernel[...] = last.kernel[...] * out_scale

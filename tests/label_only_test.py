@@ -36,6 +36,8 @@ from numpy_reference import NumpyM2
 from numpy_reference import np_bernoulli
 from numpy_reference import np_log_normal
 from numpy_reference import np_logsumexp
+from tiny_models import scale_z_rows
+from tiny_models import tiny_m2
 
 D, K, Z, H = 4, 3, 1, (6,)
 ACTIVATION = "tanh"
@@ -51,15 +53,9 @@ def _model(seed: int, *, z_ignored: bool = False) -> M2:
   The decoder's z rows are scaled up so that p(x|y,z) depends clearly on z, or
   zeroed (z_ignored) so that p(x|y,z) = p(x|y) and every ELBO is noise-free.
   """
-  model = M2(num_pixels=D, num_classes=K, latent_dim=Z, hidden=H, activation=ACTIVATION,
-             rngs=nnx.Rngs(seed))
-  rs = np.random.RandomState(500 + seed)
-  for _, layer in nnx.iter_graph(model):
-    if isinstance(layer, nnx.Linear) and getattr(layer, "bias", None) is not None:
-      layer.bias[...] = jnp.asarray(0.5 * rs.randn(*layer.bias[...].shape), jnp.float32)
-  first = model.decoder.net.layers[0]
-  first.kernel[...] = first.kernel[...].at[K:].multiply(0.0 if z_ignored else 2.5)
-  return model
+  return scale_z_rows(tiny_m2(seed, num_pixels=D, num_classes=K, latent_dim=Z, hidden=H,
+                              activation=ACTIVATION, bias_seed=500 + seed),
+                      0.0 if z_ignored else 2.5)
 
 
 def _parts(tree, lead: int = 0) -> dict[str, np.ndarray]:

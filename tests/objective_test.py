@@ -24,6 +24,8 @@ from untapped_jax.models import M2
 
 from numpy_reference import NumpyM2
 from numpy_reference import np_bernoulli
+from tiny_models import scale_z_rows
+from tiny_models import tiny_m2
 
 D, K, Z, H = 6, 3, 2, (5,)
 
@@ -104,16 +106,9 @@ def test_label_only_settings_validation():
 def _model(seed=0, *, noise_free=False) -> M2:
   """Tiny M2 with non-zero biases. noise_free: p(x|y,z) ignores z, so L and U are
   deterministic (any eps gives the same value)."""
-  model = M2(num_pixels=D, num_classes=K, latent_dim=Z, hidden=H, activation="softplus",
-             rngs=nnx.Rngs(seed))
-  rs = np.random.RandomState(200 + seed)
-  for _, layer in nnx.iter_graph(model):
-    if isinstance(layer, nnx.Linear) and getattr(layer, "bias", None) is not None:
-      layer.bias[...] = jnp.asarray(0.5 * rs.randn(*layer.bias[...].shape), jnp.float32)
-  if noise_free:
-    first = model.decoder.net.layers[0]
-    first.kernel[...] = first.kernel[...].at[K:].set(0.0)  # rows fed by z
-  return model
+  model = tiny_m2(seed, num_pixels=D, num_classes=K, latent_dim=Z, hidden=H,
+                  activation="softplus", bias_seed=200 + seed)
+  return scale_z_rows(model, 0.0) if noise_free else model
 
 
 class QuadratureObjective:
