@@ -398,8 +398,10 @@ def test_semantic_report_with_a_hand_built_model(evaluator, mnist_data):
                                        mnist_data["test_labels"][:3000], seed=5)
   test_labels = mnist_data["test_labels"][:3000].astype(np.int32)
   results, arrays = semantic.semantic_report(
-      graphdef, params, {"logreg": ev_params}, test_images=test_x, test_labels=test_labels,
-      seen_digits=(0, 1, 2, 3, 4), rng=jax.random.key(0), num_per_class=m)
+      graphdef, params, {"logreg": ev_params},
+      semantic.EvaluationData(test_images=test_x, test_labels=test_labels,
+                              seen_digits=(0, 1, 2, 3, 4)),
+      rng=jax.random.key(0), num_per_class=m)
 
   assert results["semantic_permutation"] == perm.tolist()
   assert results["distinct_digits"] == 10

@@ -9,6 +9,7 @@ reads the authors' protocol (authors_protocol.py).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -110,18 +111,29 @@ def confusion_semantics(confusion: np.ndarray, *, seen_digits=(),
   }
 
 
-def semantic_report(graphdef, params, evaluators: dict[str, Any], *, test_images: np.ndarray,
-                    test_labels: np.ndarray, seen_digits, rng: jax.Array,
-                    num_per_class: int, labeled_x: np.ndarray | None = None,
-                    labeled_y: np.ndarray | None = None, ownership_threshold: float = 0.5
+@dataclasses.dataclass(frozen=True)
+class EvaluationData:
+  """The real images a model's semantics are read against."""
+  test_images: np.ndarray  # [N, D] binarised floats: held-out accuracy, digit assignment
+  test_labels: np.ndarray  # int [N]
+  seen_digits: tuple[int, ...]  # the labeled classes (the gate's and seen accuracy's)
+  # [N_l, D] binarised and [N_l, K] one-hot: the labeled set, for the authors' protocol
+  # (None: not reported).
+  labeled_x: np.ndarray | None = None
+  labeled_y: np.ndarray | None = None
+
+
+def semantic_report(graphdef, params, evaluators: dict[str, Any], data: EvaluationData, *,
+                    rng: jax.Array, num_per_class: int, ownership_threshold: float = 0.5
                     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """Every semantic figure of one model; returns (results, arrays for samples.npz).
 
   `evaluators` maps a name to evaluator params, the first being the primary one whose
-  results keep unprefixed keys (the others' keys are prefixed '<name>_'). test_images
-  are binarised floats [N, D]; seen_digits are the labeled classes. With labeled_x
-  [N, D] and labeled_y [N, K], the authors' protocol is also reported.
+  results keep unprefixed keys (the others' keys are prefixed '<name>_'); num_per_class
+  images are generated per dimension of y.
   """
+  test_images, test_labels, seen_digits = data.test_images, data.test_labels, data.seen_digits
+  labeled_x, labeled_y = data.labeled_x, data.labeled_y
   x, x_mean = generation.generate(graphdef, params, rng, num_per_class=num_per_class)
   k, m, d = x.shape
   flat = x.reshape(k * m, d)

@@ -35,11 +35,13 @@ def evaluate_run(config, workdir: str, *, graphdef, params, splits, mnist) -> di
   labeled_x = np.asarray(streams_lib.binarize(
       splits.labeled.images, jax.random.fold_in(rng, 3), mode=config.data.binarization))
   seen = tuple(config.data.labeled_classes)
+  data = semantic.EvaluationData(
+      test_images=test_x, test_labels=splits.test.labels, seen_digits=seen,
+      labeled_x=labeled_x,
+      labeled_y=streams_lib.one_hot(splits.labeled.labels, config.model.num_classes))
   results, arrays = semantic.semantic_report(
-      graphdef, params, evaluators, test_images=test_x, test_labels=splits.test.labels,
-      seen_digits=seen, rng=jax.random.fold_in(rng, 1),
-      num_per_class=config.eval.samples_per_class, labeled_x=labeled_x,
-      labeled_y=streams_lib.one_hot(splits.labeled.labels, config.model.num_classes),
+      graphdef, params, evaluators, data, rng=jax.random.fold_in(rng, 1),
+      num_per_class=config.eval.samples_per_class,
       ownership_threshold=config.eval.ownership_threshold)
   results["evaluator_test_accuracy"] = accuracies["logreg"]
   if "mlp" in accuracies:
@@ -82,12 +84,12 @@ def make_semantic_probe(config, *, graphdef, splits, mnist):
   rng = rng_lib.key(config.seed, rng_lib.Stream.SEMANTIC_PROBE)
   test_x = np.asarray(streams_lib.binarize(
       splits.test.images, jax.random.fold_in(rng, 0), mode=config.data.binarization))
-  seen = tuple(config.data.labeled_classes)
+  data = semantic.EvaluationData(test_images=test_x, test_labels=splits.test.labels,
+                                 seen_digits=tuple(config.data.labeled_classes))
 
   def probe(params):
     results, _ = semantic.semantic_report(
-        graphdef, params, {kind: evaluator}, test_images=test_x,
-        test_labels=splits.test.labels, seen_digits=seen, rng=jax.random.fold_in(rng, 1),
+        graphdef, params, {kind: evaluator}, data, rng=jax.random.fold_in(rng, 1),
         num_per_class=config.eval.samples_per_class,
         ownership_threshold=config.eval.ownership_threshold)
     return {f"{kind}_{k}": results[k] for k in
