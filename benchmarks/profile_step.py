@@ -1,7 +1,6 @@
 r"""Where a train step's time goes: jax.profiler over 10 steps, the XLA ops by time.
 
   python benchmarks/profile_step.py [--model m2] [--unlabeled_batch 200] [--top 25]
-      [--per_example]
 
 The same step and synthetic batch as throughput.py; the trace is written as a
 Perfetto JSON under --trace_dir (open it in ui.perfetto.dev) and summed per op name.
@@ -33,9 +32,6 @@ _MODEL = flags.DEFINE_string("model", "m2", "m2 | untapped")
 _UNLABELED = throughput._UNLABELED  # pylint: disable=protected-access  (--unlabeled_batch)
 _TOP = flags.DEFINE_integer("top", 25, "Ops to list.")
 _TRACE_DIR = flags.DEFINE_string("trace_dir", "", "Trace folder (default: a temporary one).")
-_PER_EXAMPLE = flags.DEFINE_bool("per_example", False,
-                                 "Profile the per-example reference terms instead of the "
-                                 "whole-batch fast path.")
 STEPS = 10
 
 
@@ -50,7 +46,7 @@ def main(argv):
   images = jax.device_put(np.random.default_rng(1).integers(
       0, 256, (5000, config.model.num_pixels), dtype=np.uint8))
   batch = jax.device_put(throughput.synthetic_batch(config, 1, len(images)))
-  step = train.make_train_step(config, graphdef, tx, per_example=_PER_EXAMPLE.value)
+  step = train.make_train_step(config, graphdef, tx)
   for _ in range(3):
     state, metrics = step(state, batch, numbers, images)
   jax.block_until_ready(metrics)

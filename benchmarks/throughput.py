@@ -8,9 +8,7 @@ subprocess, so each has its own peak resident memory (ru_maxrss) and no run warm
 another's caches:
   - jax_m2, jax_untapped: train.make_train_step (a population of one, as every run),
     default networks, --unlabeled_batch unlabeled images plus the config's labeled and
-    label-only batches; unlabeled examples per second. jax_m2_s1_reference: the same
-    step with the M2 terms from the per-example reference (bounds/m2.py, vmapped)
-    instead of the whole-batch fast path (bounds/m2_batch.py).
+    label-only batches; unlabeled examples per second.
   - torch_eager, torch_compile: benchmarks/torch_m2.py, the same layers and batches
     (needs the 'bench' extra: pip install -e '.[bench]').
   - jax_m2_sS: S replicas of the M2 step vmapped; cost per replica relative to S
@@ -99,8 +97,7 @@ def time_calls(fn, steps: int) -> float:
   return (time.perf_counter() - start) / steps
 
 
-def measure_jax(model_name: str, num_replicas: int, *, unlabeled_batch, steps, tiny,
-                per_example=False):
+def measure_jax(model_name: str, num_replicas: int, *, unlabeled_batch, steps, tiny):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from untapped_jax import objective  # pylint: disable=g-import-not-at-top
@@ -117,7 +114,7 @@ def measure_jax(model_name: str, num_replicas: int, *, unlabeled_batch, steps, t
   images = jax.device_put(np.random.default_rng(1).integers(
       0, 256, (5000, config.model.num_pixels), dtype=np.uint8))
   batch = jax.device_put(synthetic_batch(config, num_replicas, len(images)))
-  step = train.make_train_step(config, graphdef, tx, per_example=per_example)
+  step = train.make_train_step(config, graphdef, tx)
   compiled = step.lower(state, batch, numbers, images).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
@@ -170,9 +167,9 @@ def measure(what: str, **kw) -> dict:
     out = measure_matmul(**kw)
   elif what.startswith("torch_"):
     out = measure_torch(what == "torch_compile", **kw)
-  else:  # jax_<model>_s<S>[_reference]
-    _, model_name, replicas, *reference = what.split("_")
-    out = measure_jax(model_name, int(replicas[1:]), per_example=bool(reference), **kw)
+  else:  # jax_<model>_s<S>
+    _, model_name, replicas = what.split("_")
+    out = measure_jax(model_name, int(replicas[1:]), **kw)
   out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   import jax  # pylint: disable=g-import-not-at-top
   out["device"] = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
@@ -207,8 +204,7 @@ def main(argv):
   populations = [int(s) for s in _POPULATIONS.value]
   if 1 not in populations:
     populations = [1, *populations]
-  names = ["matmul", "jax_untapped_s1", "jax_m2_s1_reference",
-           *[f"jax_m2_s{s}" for s in populations]]
+  names = ["matmul", "jax_untapped_s1", *[f"jax_m2_s{s}" for s in populations]]
   if _TORCH.value and torch_available():
     names += ["torch_eager"] + ([] if _TINY.value else ["torch_compile"])
   if _TINY.value:  # figures, never timings: the processes may share the cores
@@ -230,7 +226,6 @@ def summary(figures, populations) -> dict:
   out = {"device": m2["device"] if m2 else "", "unlabeled_batch": _UNLABELED.value,
          "jax_examples_per_s": per_s(m2),
          "jax_untapped_examples_per_s": per_s(figures["jax_untapped_s1"]),
-         "jax_reference_examples_per_s": per_s(figures["jax_m2_s1_reference"]),
          "torch_eager_examples_per_s": per_s(figures.get("torch_eager")),
          "torch_compile_examples_per_s": per_s(figures.get("torch_compile")),
          "matmul_gflops": figures["matmul"]["gflops"] if figures["matmul"] else None,

@@ -25,7 +25,6 @@ import numpy as np
 from untapped_jax import saved_state
 from untapped_jax import rng as rng_lib
 from untapped_jax.bounds import m2
-from untapped_jax.bounds import m2_batch
 from untapped_jax.bounds import untapped
 
 Batch = dict[str, dict[str, jax.Array]]
@@ -162,31 +161,11 @@ def pretrained_image_prior(workdir: str) -> tuple[nnx.GraphDef, nnx.State]:
 
 def batch_terms(model, batch: Batch, rng: jax.Array, *, num_samples: int = 1
                 ) -> dict[str, jax.Array]:
-  """Per-example M2 terms of the labeled and unlabeled streams: name -> [B].
+  """Per-example M2 terms of the labeled and unlabeled streams, vmapped: name -> [B].
 
   Also 'unlabeled_elbos' and 'unlabeled_log_q' [B, K], which the batch-level
-  label-only objectives reuse (they are not metrics). Computed as whole-batch matrices
-  (bounds/m2_batch.py); per_example_batch_terms is the same from the per-example
-  reference, with the same noise.
+  label-only objectives reuse (they are not metrics).
   """
-  rng_l, rng_u = jax.random.split(rng)
-  xl, yl, xu = batch["labeled"]["x"], batch["labeled"]["y"], batch["unlabeled"]["x"]
-  sizes = dict(num_samples=num_samples, latent_dim=model.latent_dim)
-  unlabeled = m2_batch.unlabeled_terms(model, xu, m2_batch.unlabeled_noise(
-      rng_u, len(xu), num_classes=model.num_classes, **sizes))
-  return {
-      "labeled_elbo": m2_batch.labeled_elbo(
-          model, xl, yl, m2_batch.labeled_noise(rng_l, len(xl), **sizes)),
-      "log_q_y": jnp.sum(yl * jax.nn.log_softmax(model.classifier(xl)), -1),
-      "unlabeled_bound": unlabeled.bound,
-      "unlabeled_elbos": unlabeled.elbos,
-      "unlabeled_log_q": unlabeled.log_q,
-  }
-
-
-def per_example_batch_terms(model, batch: Batch, rng: jax.Array, *, num_samples: int = 1
-                            ) -> dict[str, jax.Array]:
-  """batch_terms from bounds/m2.py's per-example functions, vmapped: the reference."""
   rng_l, rng_u = jax.random.split(rng)
   xl, yl, xu = batch["labeled"]["x"], batch["labeled"]["y"], batch["unlabeled"]["x"]
   elbo = lambda x, y, key: m2.labeled_elbo(model, x, y, key, num_samples=num_samples)
@@ -249,8 +228,7 @@ def _vmap_over_labels(fn, y: jax.Array, keys: jax.Array, settings: LabelOnlySett
 
 def make_loss_fn(graphdef: nnx.GraphDef, weights: StreamWeights, *, num_samples: int = 1,
                  label_only: LabelOnlySettings | None = None,
-                 classification_temperature: float | jax.Array | None = None,
-                 per_example: bool = False) -> LossFn:
+                 classification_temperature: float | jax.Array | None = None) -> LossFn:
   """loss_fn(params, batch, rng) -> (loss [], metrics); batch holds binarised x.
 
   Which terms are computed is decided here, in Python, never on (possibly traced)
@@ -258,17 +236,14 @@ def make_loss_fn(graphdef: nnx.GraphDef, weights: StreamWeights, *, num_samples:
   multiplies it by zero, so Untapped with lambda = 0 computes exactly M2's loss), and
   the labels are scored against a Concrete sample of q(y|x) at
   `classification_temperature` (the authors' classification loss) only when one is given.
-  per_example=True computes the M2 terms from the per-example reference
-  (per_example_batch_terms) instead of the whole-batch fast path: the same values.
   """
-  terms_fn = per_example_batch_terms if per_example else batch_terms
   use_label_only = label_only is not None
   concrete = classification_temperature is not None
 
   def loss_fn(params, batch, rng):
     model = nnx.merge(graphdef, params)
     m2_rng, label_only_rng = jax.random.split(rng)
-    terms = terms_fn(model, batch, m2_rng, num_samples=num_samples)
+    terms = batch_terms(model, batch, m2_rng, num_samples=num_samples)
     if concrete:
       terms["log_q_y"] = concrete_log_prob(model, batch["labeled"]["x"],
                                            batch["labeled"]["y"], jax.random.fold_in(rng, 7),
@@ -380,16 +355,14 @@ def loss_numbers(config, *, num_labeled: int, num_unlabeled: int, num_label_only
                      label_only=label_only)
 
 
-def loss_fn_from_numbers(config, graphdef, numbers: LossNumbers, *,
-                         per_example: bool = False) -> LossFn:
+def loss_fn_from_numbers(config, graphdef, numbers: LossNumbers) -> LossFn:
   """The loss of `config.model_name` with the (possibly traced) `numbers`; which terms
   it computes comes from `config` (uses_label_only, uses_concrete_classification) and
-  is shared by a population. per_example: make_loss_fn's (benchmarks and tests)."""
+  is shared by a population."""
   temperature = (numbers.classification_temperature if uses_concrete_classification(config)
                  else None)
   return make_loss_fn(graphdef, numbers.weights, num_samples=config.objective.num_samples,
-                      label_only=numbers.label_only, classification_temperature=temperature,
-                      per_example=per_example)
+                      label_only=numbers.label_only, classification_temperature=temperature)
 
 
 def numbers_for_splits(config, splits) -> LossNumbers:

@@ -62,20 +62,17 @@ def binarize_batch(batch, rng, *, mode: str):
   return out
 
 
-def make_train_step(config, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
-                    per_example: bool = False):
+def make_train_step(config, graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
   """train_step(state, batch, numbers, images) -> (state, metrics), jitted.
 
   state, batch and `numbers` (objective.loss_numbers of each replica) carry a leading
   replica axis [S]; the batch holds row indices into `images` (uint8 [N, D], shared by all
   replicas, kept on the device). The step is vmapped over replicas and donates
-  its input state, whose buffers it overwrites. per_example=True computes the M2 terms
-  from the per-example reference instead of the whole-batch fast path (benchmarks).
+  its input state, whose buffers it overwrites.
   """
 
   def replica_step(state: TrainState, batch, numbers, images):
-    loss_fn = objective.loss_fn_from_numbers(config, graphdef, numbers,
-                                             per_example=per_example)
+    loss_fn = objective.loss_fn_from_numbers(config, graphdef, numbers)
     rng, bin_rng, loss_rng = jax.random.split(state.rng, 3)
     batch = binarize_batch(streams_lib.gather_images(batch, images), bin_rng,
                            mode=config.data.binarization)
