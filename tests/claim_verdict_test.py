@@ -1,12 +1,9 @@
 """experiments/claim_verdict.py: issue 13's goal counted from per-seed results."""
+from repo_files import REPO
+from repo_files import load_module
 
-import importlib.util
-import pathlib
 
-SPEC = importlib.util.spec_from_file_location(
-    "claim_verdict", pathlib.Path(__file__).resolve().parents[1] / "experiments" / "claim_verdict.py")
-claim_verdict = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(claim_verdict)
+claim_verdict = load_module(REPO / "experiments" / "claim_verdict.py")
 
 
 def result(mlp=10, authors=10, gate=True, heldout=0.95):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -17,16 +15,14 @@ from untapped_jax import sweep
 from untapped_jax.configs import default
 
 from real_mnist import DATA_DIR
+from repo_files import CONFIG_DIR
+from repo_files import REPO
+from repo_files import load_module
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "experiments" / "configs"
 
 
 def load(name: str):
-  spec = importlib.util.spec_from_file_location(f"{name}_config", CONFIG_DIR / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_module(CONFIG_DIR / f"{name}.py", f"{name}_config")
 
 
 m2_benchmark = load("m2_benchmark")

@@ -1,4 +1,5 @@
-"""models.softplus against NumPy's float64 closed forms; the bfloat16 compute policy."""
+"""models.softplus against NumPy's float64 closed forms; the bfloat16 compute policy; the
+authors' initialiser."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +8,9 @@ import numpy as np
 import pytest
 
 from untapped_jax import models
+
+from repo_files import POSTER
+from repo_files import load_module
 
 # Both signs, zero, the float32 overflow range of exp, and tiny magnitudes.
 X = np.concatenate([np.linspace(-30, 30, 601), [-200.0, -88.0, -1e-7, 0.0, 1e-7, 88.0, 200.0]]
@@ -65,3 +69,34 @@ def test_bfloat16_compute_keeps_float32_parameters_outputs_and_bounds():
 def test_unknown_compute_dtype_is_named():
   with pytest.raises(ValueError, match="model.compute_dtype='float16'"):
     models.compute_dtype("float16")
+
+
+# The authors' recipe's initialiser: N(0, init_stddev^2) kernels, zero biases.
+
+poster = load_module(POSTER, "poster_config_for_models")
+
+
+@pytest.mark.slow
+def test_normal_kernel_init_on_a_full_size_model():
+  c = poster.get_config("recipe=authors").model
+  model = models.build(c, seed=0)
+  for layer in (model.classifier.net.layers[0], model.encoder.from_x):
+    kernel = np.asarray(layer.kernel[...])
+    assert kernel.shape == (784, 500)
+    assert abs(kernel.std() - 1e-3) < 2e-5 and abs(kernel.mean()) < 1e-5
+    np.testing.assert_array_equal(np.asarray(layer.bias[...]), 0.0)
+  small = poster.get_config("recipe=authors").model
+  small.update(hidden=(64,), init_stddev=0.05)
+  kernel = np.asarray(models.build(small, seed=0).decoder.net.layers[-1].kernel[...])
+  assert kernel.shape == (64, 784) and abs(kernel.std() - 0.05) < 1e-3
+  small.update(kernel_init="lecun_normal")  # flax's default: std 1/sqrt(fan_in)
+  lecun = np.asarray(models.build(small, seed=0).classifier.net.layers[0].kernel[...])
+  assert lecun.std() == pytest.approx(1 / np.sqrt(784), rel=0.03)
+
+
+@pytest.mark.parametrize("name", ["glorot", "Normal"])
+def test_unknown_kernel_init_is_named(name):
+  with pytest.raises(ValueError, match=repr(name)):
+    models.kernel_initializer(name, 1e-3)
+
+

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from untapped_jax import objective
+from untapped_jax import models
 from untapped_jax.bounds import m2
 from untapped_jax.models import M2
 
@@ -26,6 +27,8 @@ from numpy_reference import NumpyM2
 from numpy_reference import np_bernoulli
 from tiny_models import scale_z_rows
 from tiny_models import tiny_m2
+from repo_files import POSTER
+from repo_files import load_module
 
 D, K, Z, H = 6, 3, 2, (5,)
 
@@ -324,3 +327,100 @@ def test_batch_loss_is_unbiased_over_batches_and_noise():
   se = np.sqrt(losses.var(1, ddof=1).mean() / losses.size)
   want = -QuadratureObjective(model).objective(xl, yl, xu, classification_weight=CLS_W)
   assert abs(mean - want) < 4 * se + 1e-4, (mean, want, se)
+
+
+# ---------------------------------------------------------------------------
+# The authors' recipe: batch-mean stream weights, fixed label-only z, Concrete loss
+# ---------------------------------------------------------------------------
+
+poster = load_module(POSTER, "poster_config_for_objective")
+
+
+def weights_for(arg="recipe=authors", **objective_overrides):
+  c = poster.get_config(arg)
+  c.objective.update(objective_overrides)
+  return objective.stream_weights(c, num_labeled=300, num_unlabeled=700, num_label_only=10)
+
+
+@pytest.mark.parametrize("a,b,c,d", [(0.1, 0.1, 1.0, 0.1), (2.0, 0.5, 3.0, 0.0)])
+def test_batch_mean_weights_are_plain_coefficients(a, b, c, d):
+  w = weights_for(labeled_weight=a, unlabeled_weight=b, classification_weight=c,
+                  label_only_weight=d)
+  assert (w.labeled, w.unlabeled, w.label_only) == (a, b, d)
+  assert w.classification == pytest.approx(c / a)
+  assert w.labeled * w.classification == pytest.approx(c)
+
+
+def test_m2_forces_label_only_weight_to_zero():
+  assert weights_for("recipe=authors,model=m2").label_only == 0.0
+  assert weights_for("recipe=ours,model=m2").label_only == 0.0
+
+
+def test_dataset_weights_by_hand():
+  w = weights_for("recipe=ours", label_only_weight=0.5, classification_weight=1.0)
+  assert (w.labeled, w.unlabeled) == (pytest.approx(0.3), pytest.approx(0.7))
+  assert w.label_only == pytest.approx(0.5 * 10 / 1000)
+  assert w.classification == pytest.approx(1000 / 300)
+
+
+@pytest.mark.parametrize("name", ["batch", "Dataset"])
+def test_unknown_stream_weighting_is_named(name):
+  with pytest.raises(ValueError, match=repr(name)):
+    weights_for(stream_weighting=name)
+
+
+def test_fixed_label_only_z():
+  c = poster.get_config("recipe=authors")
+  c.objective.label_only_num_samples = 50
+  c.model.latent_dim = 4
+  z = objective.fixed_label_only_z(c, seed=3)
+  assert z.shape == (10, 50, 4)
+  np.testing.assert_array_equal(z, objective.fixed_label_only_z(c, seed=3))
+  assert not np.allclose(z, objective.fixed_label_only_z(c, seed=4))
+  assert abs(z.mean()) < 0.1 and abs(z.std() - 1.0) < 0.06  # 2000 draws of N(0, 1)
+  c.objective.label_only_z = "prior"
+  assert objective.fixed_label_only_z(c, seed=3) is None
+  c.objective.label_only_z = "fixd"
+  with pytest.raises(ValueError, match="'fixd'"):
+    objective.fixed_label_only_z(c, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier():
+  model = models.M2(num_pixels=5, num_classes=4, latent_dim=2, hidden=(6,),
+                    activation="softplus", rngs=nnx.Rngs(2))
+  x = (np.random.default_rng(0).random((3, 5)) < 0.5).astype(np.float32)
+  return model, x, NumpyM2(model, "softplus").log_q_y_given_x(x)
+
+
+def np_log_softmax(a):
+  return a - np.logaddexp.reduce(a, -1, keepdims=True)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_concrete_log_prob_closed_form(tiny_classifier, temperature, seed):
+  model, x, log_q = tiny_classifier
+  y = np.eye(4, dtype=np.float32)[[2, 0, 3]]
+  rng = jax.random.key(seed)
+  g = np.asarray(jax.random.gumbel(rng, log_q.shape, jnp.float32), np.float64)
+  expected = np.sum(y * np_log_softmax((log_q + g) / temperature), -1)
+  got = objective.concrete_log_prob(model, jnp.asarray(x), jnp.asarray(y), rng,
+                                    temperature=temperature)
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_concrete_sample_is_one_hot_at_low_temperature(tiny_classifier):
+  model, x, log_q = tiny_classifier
+  rng = jax.random.key(7)
+  g = np.asarray(jax.random.gumbel(rng, log_q.shape, jnp.float32))
+  # log s_k for every k, one label at a time with the same rng (same Gumbel draws).
+  log_s = np.stack([np.asarray(objective.concrete_log_prob(
+      model, jnp.asarray(x), jnp.asarray(np.eye(4, dtype=np.float32)[[k] * 3]), rng,
+      temperature=0.01)) for k in range(4)], 1)
+  s = np.exp(log_s)
+  np.testing.assert_allclose(s.sum(1), 1.0, rtol=1e-4)
+  np.testing.assert_array_equal(np.argmax(s, 1), np.argmax(log_q + g, 1))
+  assert np.all(s.max(1) > 0.99)
+
+

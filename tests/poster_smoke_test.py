@@ -9,11 +9,9 @@ second run of the same config and seed reproduces every number.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
-import pathlib
 
 from flax import nnx
 import matplotlib.image
@@ -25,12 +23,12 @@ from untapped_jax import train_state
 
 from real_mnist import REAL_DATA_DIR as DATA_DIR  # real digits or skip
 from real_mnist import needs_mnist
+from repo_files import POSTER
+from repo_files import load_module
 
 pytestmark = [pytest.mark.slow,
               needs_mnist]
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-POSTER = REPO / "experiments" / "configs" / "poster.py"
 MODELS = ("m2", "untapped")
 M = 20  # runlocal samples_per_class
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -39,10 +37,7 @@ RESULT_KEYS = ("confusion", "semantic_permutation", "distinct_digits", "duplicat
 
 
 def load_poster_config(arg: str, cache_dir: str):
-  spec = importlib.util.spec_from_file_location("poster_config", POSTER)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
+  config = load_module(POSTER, "poster_config").get_config(arg)
   config.data.dir = DATA_DIR
   config.eval.evaluator_cache_dir = cache_dir
   return config

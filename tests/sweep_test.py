@@ -9,7 +9,6 @@ fake train_and_evaluate that only records its calls.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -26,20 +25,11 @@ from untapped_jax import sweep
 from untapped_jax.sweep import Hyper
 
 from real_mnist import DATA_DIR
+from repo_files import POSTER
+from repo_files import load_module
 
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-POSTER = REPO / "experiments" / "configs" / "poster.py"
-
-
-def load_poster():
-  spec = importlib.util.spec_from_file_location("poster_config_for_sweep", POSTER)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-poster = load_poster()
+poster = load_module(POSTER, "poster_config_for_sweep")
 
 
 # ----------------------------------------------------------------------------- Hyper

@@ -1,0 +1,50 @@
+"""train_state.make_optimizer: clipping and Adam against Adam's first step worked out by hand."""
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from untapped_jax import train_state
+
+
+def train_config(clip_global_norm=0.0, clip_value=0.0, lr=1e-3, eps=1e-4):
+  return ml_collections.ConfigDict(dict(learning_rate=lr, adam_eps=eps,
+                                        clip_global_norm=clip_global_norm,
+                                        clip_value=clip_value))
+
+
+GRAD = {"a": np.array([[6.0, -8.0], [0.002, 0.0]]), "b": np.array([1e-4, -3e-4])}
+
+
+def hand_update(grad, g, v, lr, eps):
+  leaves = {k: np.asarray(x, np.float64) for k, x in grad.items()}
+  norm = np.sqrt(sum(np.sum(x ** 2) for x in leaves.values()))
+  scale = min(1.0, g / norm) if g else 1.0
+  out = {}
+  for k, x in leaves.items():
+    x = x * scale
+    if v:
+      x = np.clip(x, -v, v)
+    # Adam's first step: m_hat = x, v_hat = x^2, so the update is -lr x / (|x| + eps).
+    out[k] = -lr * x / (np.abs(x) + eps)
+  return out
+
+
+@pytest.mark.parametrize("g,v", [(0.0, 0.0), (5.0, 0.0), (0.0, 1.0), (5.0, 1.0), (20.0, 0.5)])
+def test_make_optimizer_first_update_by_hand(g, v):
+  tx = train_state.make_optimizer(train_config(g, v))
+  params = {k: jnp.zeros_like(jnp.asarray(x, jnp.float32)) for k, x in GRAD.items()}
+  grads = {k: jnp.asarray(x, jnp.float32) for k, x in GRAD.items()}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  expected = hand_update(GRAD, g, v, lr=1e-3, eps=1e-4)
+  for k in GRAD:
+    np.testing.assert_allclose(np.asarray(updates[k]), expected[k], rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("key", ["clip_global_norm", "clip_value"])
+def test_negative_clip_raises(key):
+  with pytest.raises(ValueError, match=key):
+    train_state.make_optimizer(train_config(**{key: -1.0}))
+
+
