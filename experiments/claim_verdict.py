@@ -2,6 +2,11 @@ r"""Issue 13's goal, checked run by run: the poster's claim at full strength.
 
   python experiments/claim_verdict.py --config "experiments/configs/poster.py:sweep=claim,seeds=10" \
       --workdir runs/study/claim [--out docs/results/claim/verdict.md]
+  python experiments/claim_verdict.py --runs M2=runs/study/length_m2 \
+      --runs M2=runs/study/length_m2_from_2 --runs class_balance=FOLDER [--out ...]
+
+A sweep's variants (--config, --workdir), or named folders of seed_<s>/results.json runs
+(--runs NAME=FOLDER, repeatable; folders given the same name are one variant), or both.
 
 Per variant, over the seeds that finished: how many have ten distinct digits under the MLP
 evaluator AND under the authors' protocol (goal: at least 9 of 10), how many pass the gate
@@ -12,8 +17,11 @@ each seed's figures and permutation, so a miss can be read off the seed that mis
 from __future__ import annotations
 
 import argparse
+import os
+import re
 
 from untapped_jax import files
+from untapped_jax import metric_writer
 from untapped_jax import stats
 from untapped_jax import sweep
 
@@ -46,13 +54,35 @@ def verdict(results: dict[str, dict[int, dict]]) -> str:
   return "\n".join(lines + [""] + rows) + "\n"
 
 
+def named_runs(specs: list[str]) -> dict[str, dict[int, dict]]:
+  """NAME=FOLDER specs -> NAME -> seed -> the results.json of FOLDER/seed_<seed>/."""
+  out: dict[str, dict[int, dict]] = {}
+  for spec in specs:
+    name, sep, folder = spec.partition("=")
+    if not sep or not name or not os.path.isdir(folder):
+      raise SystemExit(f"--runs {spec!r}: expected NAME=FOLDER with FOLDER an existing folder "
+                       "of seed_<s>/results.json runs.")
+    for entry in sorted(os.listdir(folder)):
+      match = re.fullmatch(r"seed_(\d+)", entry)
+      if match and os.path.exists(os.path.join(folder, entry, "results.json")):
+        out.setdefault(name, {})[int(match[1])] = metric_writer.read_results(
+            os.path.join(folder, entry))
+  return out
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", required=True, help="the sweep's FILE:ARG")
-  parser.add_argument("--workdir", required=True, help="the sweep's root folder")
+  parser.add_argument("--config", default="", help="the sweep's FILE:ARG")
+  parser.add_argument("--workdir", default="", help="the sweep's root folder")
+  parser.add_argument("--runs", action="append", default=[], metavar="NAME=FOLDER")
   parser.add_argument("--out", default="")
   args = parser.parse_args()
-  results = sweep.load_results(args.workdir, sweep.load_points(args.config))
+  if bool(args.config) != bool(args.workdir) or not (args.config or args.runs):
+    parser.error("give --config and --workdir (a sweep), or --runs NAME=FOLDER, or both")
+  results = (sweep.load_results(args.workdir, sweep.load_points(args.config))
+             if args.config else {})
+  for name, by_seed in named_runs(args.runs).items():
+    results.setdefault(name, {}).update(by_seed)
   text = verdict(results)
   if args.out:
     files.write_text(args.out, text)

@@ -1,4 +1,9 @@
 """experiments/claim_verdict.py: issue 13's goal counted from per-seed results."""
+
+import json
+import subprocess
+import sys
+
 from repo_files import REPO
 from repo_files import load_module
 
@@ -31,3 +36,22 @@ def test_goal_needs_nine_in_ten_every_gate_and_ninety_percent():
   assert goal_row(text, "low").endswith("| 0.850 ± 0.000 | no |")
   assert "| none |" not in text  # a variant with no finished seed has no row
   assert "| two_short | 4 | 9 | 10 | 0.930 | pass | 0.910 | 0 1 2 3 4 5 6 7 8 9 |" in text
+
+
+def test_named_run_folders_merge_into_one_variant_and_bad_specs_are_one_line(tmp_path):
+  for folder, seeds in (("m2_a", (0, 1)), ("m2_b", (2, 3)), ("cb", (0, 1, 2))):
+    for s in seeds:
+      (tmp_path / folder / f"seed_{s}").mkdir(parents=True)
+      r = result(mlp=6, authors=6, gate=False, heldout=0.1) if folder.startswith("m2") else result()
+      (tmp_path / folder / f"seed_{s}" / "results.json").write_text(json.dumps(r))
+  (tmp_path / "m2_b" / "seed_4").mkdir()  # unfinished: no results.json
+  script = str(REPO / "experiments" / "claim_verdict.py")
+  proc = subprocess.run([sys.executable, script, f"--runs=M2={tmp_path / 'm2_a'}",
+                         f"--runs=M2={tmp_path / 'm2_b'}", f"--runs=cb={tmp_path / 'cb'}"],
+                        capture_output=True, text=True, check=True)
+  assert goal_row(proc.stdout, "M2").startswith("| M2 | 4 | 0 of 4 | 0 of 4 | 0.100 ± 0.000 | no")
+  assert goal_row(proc.stdout, "cb").startswith("| cb | 3 | 3 of 3 | 3 of 3 | 0.950 ± 0.000 | yes")
+  bad = subprocess.run([sys.executable, script, f"--runs=M2{tmp_path}"], capture_output=True,
+                       text=True, check=False)
+  assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+  assert "NAME=FOLDER" in bad.stderr
