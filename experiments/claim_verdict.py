@@ -3,7 +3,7 @@ r"""Issue 13's goal, checked run by run: the poster's claim at full strength.
   python experiments/claim_verdict.py --config "experiments/configs/poster.py:sweep=claim,seeds=10" \
       --workdir runs/study/claim [--out docs/results/claim/verdict.md]
   python experiments/claim_verdict.py --runs M2=runs/study/length_m2 \
-      --runs M2=runs/study/length_m2_from_2 --runs class_balance=FOLDER [--out ...]
+      --runs M2=runs/study/length_m2_from_2 --runs class_balance=FOLDER [--reference M2]
 
 A sweep's variants (--config, --workdir), or named folders of seed_<s>/results.json runs
 (--runs NAME=FOLDER, repeatable; folders given the same name are one variant), or both.
@@ -23,6 +23,7 @@ import re
 from untapped_jax import files
 from untapped_jax import metric_writer
 from untapped_jax import stats
+from untapped_jax import tables
 from untapped_jax import sweep
 
 TEN = ("mlp_distinct_digits", "mlp_authors_distinct_digits")
@@ -75,6 +76,9 @@ def main():
   parser.add_argument("--config", default="", help="the sweep's FILE:ARG")
   parser.add_argument("--workdir", default="", help="the sweep's root folder")
   parser.add_argument("--runs", action="append", default=[], metavar="NAME=FOLDER")
+  parser.add_argument("--reference", default="", metavar="NAME",
+                      help="also the sweep table: every metric per variant, and paired "
+                           "differences against this variant over the seeds both finished")
   parser.add_argument("--out", default="")
   args = parser.parse_args()
   if bool(args.config) != bool(args.workdir) or not (args.config or args.runs):
@@ -84,6 +88,8 @@ def main():
   for name, by_seed in named_runs(args.runs).items():
     results.setdefault(name, {}).update(by_seed)
   text = verdict(results)
+  if args.reference:
+    text += "\n" + tables.seed_tables(results, reference=args.reference)[0]
   if args.out:
     files.write_text(args.out, text)
   print(text)

@@ -14,7 +14,8 @@ claim_verdict = load_module(REPO / "experiments" / "claim_verdict.py")
 def result(mlp=10, authors=10, gate=True, heldout=0.95):
   return {"mlp_distinct_digits": mlp, "mlp_authors_distinct_digits": authors,
           "gate_passed": gate, "gate_seen_agreement": 0.93 if gate else 0.85,
-          "mlp_heldout_accuracy": heldout, "mlp_semantic_permutation": list(range(10))}
+          "mlp_heldout_accuracy": heldout, "mlp_semantic_permutation": list(range(10)),
+          "num_steps": 12000}
 
 
 def goal_row(text, name):
@@ -47,10 +48,14 @@ def test_named_run_folders_merge_into_one_variant_and_bad_specs_are_one_line(tmp
   (tmp_path / "m2_b" / "seed_4").mkdir()  # unfinished: no results.json
   script = str(REPO / "experiments" / "claim_verdict.py")
   proc = subprocess.run([sys.executable, script, f"--runs=M2={tmp_path / 'm2_a'}",
-                         f"--runs=M2={tmp_path / 'm2_b'}", f"--runs=cb={tmp_path / 'cb'}"],
-                        capture_output=True, text=True, check=True)
+                         f"--runs=M2={tmp_path / 'm2_b'}", f"--runs=cb={tmp_path / 'cb'}",
+                         "--reference=M2"], capture_output=True, text=True, check=True)
   assert goal_row(proc.stdout, "M2").startswith("| M2 | 4 | 0 of 4 | 0 of 4 | 0.100 ± 0.000 | no")
   assert goal_row(proc.stdout, "cb").startswith("| cb | 3 | 3 of 3 | 3 of 3 | 0.950 ± 0.000 | yes")
+  # Paired over the seeds both have (0, 1, 2): +4 digits, +0.85 held-out, no spread.
+  paired = proc.stdout.split("Paired differences")[1]
+  row = next(l for l in paired.splitlines() if l.startswith("| cb | 3 |"))
+  assert row.startswith("| cb | 3 | 4.000 ± 0.000 |") and "0.850 ± 0.000" in row, row
   bad = subprocess.run([sys.executable, script, f"--runs=M2{tmp_path}"], capture_output=True,
                        text=True, check=False)
   assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
