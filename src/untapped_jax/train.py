@@ -191,16 +191,16 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
     if unwritable is None:
       raise
     raise unwritable from e
-  timing = {"num_steps": end.num_steps, "population_size": len(replicas),
-            "startup_s": startup_s, "first_step_s": end.first_step_s}
-  _write_timing(replicas, {r.workdir: dict(timing, train_wall_s=r.writer.wall_s_before
-                                           + end.wall_s) for r in replicas})
+  timings = {r.workdir: {"num_steps": end.num_steps, "population_size": len(replicas),
+                         "startup_s": startup_s, "first_step_s": end.first_step_s,
+                         "train_wall_s": r.writer.wall_s_before + end.wall_s}
+             for r in replicas}
+  _write_timing(replicas, timings)
   evaluation_start = time.time()
   population = _final_evaluation(s, end.state, end.best, num_steps=end.num_steps)
-  _write_timing(replicas, {r.workdir: dict(
-      timing, train_wall_s=r.writer.wall_s_before + end.wall_s,
-      final_evaluation_s=time.time() - evaluation_start,
-      process_s=time.time() - untapped_jax.IMPORTED_AT) for r in replicas})
+  ended = {"final_evaluation_s": time.time() - evaluation_start,
+           "process_s": time.time() - untapped_jax.IMPORTED_AT}
+  _write_timing(replicas, {w: {**t, **ended} for w, t in timings.items()})
   return population
 
 
