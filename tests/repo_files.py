@@ -2,6 +2,7 @@
 
 import importlib.util
 import pathlib
+import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "experiments" / "configs"
@@ -12,5 +13,6 @@ def load_module(path: pathlib.Path, name: str | None = None):
   """The Python file at `path` (a config or a script outside the package), imported."""
   spec = importlib.util.spec_from_file_location(name or f"repo_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses look their module up by name
   spec.loader.exec_module(module)
   return module
