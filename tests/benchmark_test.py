@@ -1,4 +1,4 @@
-"""benchmarks/throughput.py runs end to end in its tiny mode (figures, never timings)."""
+"""benchmarks/throughput.py and benchmarks/startup.py run end to end at a tiny size (figures, never timings)."""
 
 import json
 import pathlib
@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+
+from real_mnist import DATA_DIR
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -27,3 +29,34 @@ def test_throughput_tiny_prints_the_table_and_every_json_key():
   assert figures["torch_eager_examples_per_s"] is None
   table = "\n".join(lines[:-1])
   assert "| jax_m2_s2 |" in table and "| matmul 1024² f32 |" in table
+
+
+@pytest.mark.slow
+def test_startup_runs_three_processes_and_reads_their_timing(tmp_path):
+  # Three tiny real runs (synthetic MNIST where the real one is not given): the table's
+  # three rows and every figure read from each run's timing.json.
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "startup.py"), "--json",
+       f"--workdir={tmp_path}", f"--config.data.dir={DATA_DIR}", "--config.train.num_steps=3",
+       "--config.train.eval_every=3"],
+      capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  figures = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert list(figures) == ["cold", "warm", "off"]
+  for phase, f in figures.items():
+    assert f["num_steps"] == 3, phase
+    for key in ("process_s", "startup_s", "first_step_s", "final_evaluation_s"):
+      assert f[key] > 0, (phase, key)
+    # The process's own clock sits inside the outside one.
+    assert f["startup_s"] + f["first_step_s"] < f["process_s"], phase
+    assert (tmp_path / phase / "results.json").exists(), phase
+  assert sum(1 for line in proc.stdout.splitlines() if line.startswith(("| cold", "| warm", "| off"))) == 3
+
+
+def test_startup_refuses_a_bad_config_before_any_run(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "startup.py"), f"--workdir={tmp_path}",
+       "--config.train.num_stepz=3"],
+      capture_output=True, text=True, timeout=120, cwd=REPO)
+  assert proc.returncode != 0 and "num_stepz" in proc.stderr
+  assert list(tmp_path.iterdir()) == []
