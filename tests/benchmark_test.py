@@ -1,4 +1,4 @@
-"""benchmarks/throughput.py and benchmarks/startup.py run end to end at a tiny size (figures, never timings)."""
+"""benchmarks/throughput.py and startup.py run end to end at a tiny size (figures, not timings)."""
 
 import json
 import pathlib
