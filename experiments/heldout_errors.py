@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import json
-import os
 import re
 
 import numpy as np
 
 from untapped_jax import files
+from untapped_jax import report
 from untapped_jax import stats
 
 
@@ -64,17 +63,6 @@ def heldout_errors(assignment: np.ndarray, permutation: np.ndarray, *,
       to_labeled_dims=float(rows[:, ~into_heldout[0]].sum() / total),
       to_free_dims=float((rows * (into_heldout & ~own)).sum() / total),
       confusions=sorted(confusions, key=lambda c: -c[2]))
-
-
-def find_results(roots):
-  """(path, results) of every results file with the digit assignment, in path order."""
-  for root in roots:
-    for folder, _, names in sorted(os.walk(root)):
-      for name in sorted(n for n in names if n.endswith(".json")):
-        with open(os.path.join(folder, name)) as f:
-          r = json.load(f)
-        if isinstance(r, dict) and "test_digit_assignment" in r:
-          yield os.path.relpath(os.path.join(folder, name)), r
 
 
 def variant(path: str) -> str:
@@ -116,7 +104,7 @@ def main():
   parser.add_argument("roots", nargs="+")
   parser.add_argument("--out", default="")
   args = parser.parse_args()
-  runs = list(find_results(args.roots))
+  runs = list(report.results_files(args.roots, having="test_digit_assignment"))
   if not runs:
     parser.error(f"no results file with test_digit_assignment under {args.roots}")
   text = table(runs)

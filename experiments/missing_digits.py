@@ -12,23 +12,11 @@ test images of that digit (`test_digit_assignment`, runs evaluated since it was 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 import numpy as np
 
 from untapped_jax import files
-
-
-def find_runs(roots):
-  """(path, results) of every results file (results.json, or a copy under docs/results)."""
-  for root in roots:
-    for folder, _, names in sorted(os.walk(root)):
-      for name in sorted(n for n in names if n.endswith(".json")):
-        with open(os.path.join(folder, name)) as f:
-          r = json.load(f)
-        if isinstance(r, dict) and "mlp_confusion" in r:
-          yield os.path.relpath(os.path.join(folder, name)), r
+from untapped_jax import report
 
 
 def describe(folder: str, r: dict, digit: int) -> str:
@@ -61,7 +49,8 @@ def main():
     parser.error(f"--digit {args.digit}: expected 0-9")
   lines = [f"| run | distinct (MLP) | missing | what the dimensions generate (MLP evaluator) "
            f"| real test {args.digit}s go to (classifier) |", "|---|---|---|---|---|"]
-  lines += [describe(folder, r, args.digit) for folder, r in find_runs(args.roots)]
+  lines += [describe(folder, r, args.digit)
+            for folder, r in report.results_files(args.roots, having="mlp_confusion")]
   if len(lines) == 2:
     parser.error(f"no run with a semantic evaluation under {args.roots}")
   text = "\n".join(lines) + "\n"

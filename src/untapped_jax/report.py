@@ -55,6 +55,19 @@ def find_runs(roots) -> dict[str, dict[int, str]]:
   return found
 
 
+def results_files(roots, *, having: str):
+  """(path, results) of every JSON file under the roots holding key `having`, in path order:
+  run folders' results.json and their copies under docs/results alike."""
+  for root in roots:
+    for folder, dirs, names in sorted(os.walk(root)):
+      dirs[:] = sorted(d for d in dirs if d not in ("checkpoints", "populations", "tensorboard"))
+      for name in sorted(n for n in names if n.endswith(".json")):
+        with open(os.path.join(folder, name)) as f:
+          results = json.load(f)
+        if isinstance(results, dict) and having in results:
+          yield os.path.relpath(os.path.join(folder, name)), results
+
+
 def write_report(roots, out: str, *, metrics=(), reference: str = "") -> str:
   """Writes OUT/report.md (and its figures); returns the Markdown."""
   runs = find_runs(roots)
