@@ -6,7 +6,8 @@ r"""Issue 13's goal, checked run by run: the poster's claim at full strength.
       --runs M2=runs/study/length_m2_from_2 --runs class_balance=FOLDER [--reference M2]
 
 A sweep's variants (--config, --workdir), or named folders of seed_<s>/results.json runs
-(--runs NAME=FOLDER, repeatable; folders given the same name are one variant), or both.
+(--runs NAME=FOLDER, repeatable; folders given the same name are one variant), or their
+copies under docs/results (--runs "NAME=docs/results/length/m2_12000_seed_*.json"), or both.
 
 Per variant, over the seeds that finished: how many have ten distinct digits under the MLP
 evaluator AND under the authors' protocol (goal: at least 9 of 10), how many pass the gate
@@ -17,6 +18,8 @@ each seed's figures and permutation, so a miss can be read off the seed that mis
 from __future__ import annotations
 
 import argparse
+import glob
+import json
 import os
 import re
 
@@ -56,18 +59,32 @@ def verdict(results: dict[str, dict[int, dict]]) -> str:
 
 
 def named_runs(specs: list[str]) -> dict[str, dict[int, dict]]:
-  """NAME=FOLDER specs -> NAME -> seed -> the results.json of FOLDER/seed_<seed>/."""
+  """NAME=FOLDER or NAME=GLOB specs -> NAME -> seed -> results.
+
+  FOLDER holds seed_<s>/results.json runs; GLOB (with a '*') matches results files whose
+  names carry the seed as seed_<s>, such as the copies under docs/results, so that a
+  verdict is redone from the committed files once the run folders are gone.
+  """
   out: dict[str, dict[int, dict]] = {}
   for spec in specs:
-    name, sep, folder = spec.partition("=")
-    if not sep or not name or not os.path.isdir(folder):
+    name, sep, where = spec.partition("=")
+    if "*" in where and sep and name:
+      seeded = [(m, p) for p in sorted(glob.glob(where))
+                if (m := re.search(r"seed_(\d+)\.json$", p))]
+      if not seeded:
+        raise SystemExit(f"--runs {spec!r}: no file matching {where!r} ends in seed_<s>.json.")
+      for match, path in seeded:
+        with open(path) as f:
+          out.setdefault(name, {})[int(match[1])] = json.load(f)
+      continue
+    if not sep or not name or not os.path.isdir(where):
       raise SystemExit(f"--runs {spec!r}: expected NAME=FOLDER with FOLDER an existing folder "
-                       "of seed_<s>/results.json runs.")
-    for entry in sorted(os.listdir(folder)):
+                       "of seed_<s>/results.json runs, or NAME=GLOB of *seed_<s>.json files.")
+    for entry in sorted(os.listdir(where)):
       match = re.fullmatch(r"seed_(\d+)", entry)
-      if match and os.path.exists(os.path.join(folder, entry, "results.json")):
+      if match and os.path.exists(os.path.join(where, entry, "results.json")):
         out.setdefault(name, {})[int(match[1])] = metric_writer.read_results(
-            os.path.join(folder, entry))
+            os.path.join(where, entry))
   return out
 
 

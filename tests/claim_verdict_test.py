@@ -60,3 +60,18 @@ def test_named_run_folders_merge_into_one_variant_and_bad_specs_are_one_line(tmp
                        text=True, check=False)
   assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
   assert "NAME=FOLDER" in bad.stderr
+
+
+def test_committed_copies_are_read_by_glob_with_the_seed_from_the_name(tmp_path):
+  # The docs/results form: <variant>_seed_<s>.json files; the seed comes from the name.
+  for s in (0, 1, 7):
+    (tmp_path / f"cb_seed_{s}.json").write_text(json.dumps(result(heldout=0.9 + 0.01 * s)))
+  (tmp_path / "cb_summary.json").write_text(json.dumps(result(heldout=0.0)))  # no seed: skipped
+  runs = claim_verdict.named_runs([f"cb={tmp_path}/cb_*.json"])
+  assert sorted(runs["cb"]) == [0, 1, 7]
+  assert runs["cb"][7]["mlp_heldout_accuracy"] == 0.97
+  script = str(REPO / "experiments" / "claim_verdict.py")
+  bad = subprocess.run([sys.executable, script, f"--runs=cb={tmp_path}/m2_*.json"],
+                       capture_output=True, text=True, check=False)
+  assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+  assert "m2_*.json" in bad.stderr and "seed_<s>.json" in bad.stderr
