@@ -2,6 +2,8 @@ r"""Train-step throughput: untapped_jax's jitted steps against PyTorch, and popu
 
   python benchmarks/throughput.py [--json] [--unlabeled_batch 200] [--steps 30]
   python benchmarks/throughput.py --tiny --json   # seconds-long, for tests
+  python benchmarks/throughput.py --json --labeled_batch 10000 --unlabeled_batch 10000 \
+      --matmul_size 8192 --compute_dtype bfloat16 --peak_tflops 989   # an accelerator
 
 One table, then (--json) one JSON line. Each figure is measured in its own
 subprocess, so each has its own peak resident memory (ru_maxrss) and no run warms
@@ -13,7 +15,11 @@ another's caches:
     (needs the 'bench' extra: pip install -e '.[bench]').
   - jax_m2_sS: S replicas of the M2 step vmapped; cost per replica relative to S
     separate steps, t_S / (S t_1).
-  - matmul: this machine's float32 square matmul GFLOP/s.
+  - matmul: this machine's square matmul GFLOP/s (--matmul_size, in --compute_dtype; on a
+    GPU, JAX's default precision computes float32 matmuls in TF32).
+With --peak_tflops (the chip's datasheet peak for the compute dtype, e.g. an H200's
+dense TF32 495 or bfloat16 989) the JSON adds the fraction of it that the M2 step's
+useful FLOPs and the matmul reach. On a CUDA machine the PyTorch peer runs on the GPU.
 Useful GFLOP/s counts the smallest exact computation of the M2 bound and its
 gradient: x W_x once per image, the K label branches past it, x3 for the backward
 pass; XLA's own count (cost_analysis) is printed beside it. Timings only; nothing
@@ -38,17 +44,25 @@ _TINY = flags.DEFINE_bool("tiny", False, "Tiny batches and steps (tests).")
 _UNLABELED = flags.DEFINE_integer("unlabeled_batch", 200, "Unlabeled images per step.")
 _STEPS = flags.DEFINE_integer("steps", 30, "Timed steps, after compilation and warm-up.")
 _POPULATIONS = flags.DEFINE_list("populations", ["1", "2", "4", "8"], "Replica counts S.")
+_LABELED = flags.DEFINE_integer("labeled_batch", -1,
+                                "Labeled images per step (-1: the config's, 100).")
+_MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 1024, "Side of the square matmul.")
+_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
+                           "model.compute_dtype of the JAX steps and the matmul's dtype.")
+_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "The chip's peak TFLOP/s for the compute "
+                           "dtype (0: no fraction reported).")
 _TORCH = flags.DEFINE_bool("torch", True, "Measure the PyTorch peer when torch is installed.")
 _ONLY = flags.DEFINE_string("only", "", "Internal: measure one thing, print its JSON.")
 
-MATMUL = 1024
-
-
-def bench_config(model_name: str, *, unlabeled_batch: int, tiny: bool):
+def bench_config(model_name: str, *, unlabeled_batch: int, tiny: bool, labeled_batch: int = -1,
+                 compute_dtype: str = "float32"):
   from untapped_jax.configs import default  # pylint: disable=g-import-not-at-top
   c = default.get_config()
   c.model_name = model_name
   c.data.unlabeled_batch_size = unlabeled_batch
+  if labeled_batch > 0:
+    c.data.labeled_batch_size = c.data.label_only_batch_size = labeled_batch
+  c.model.compute_dtype = compute_dtype
   if tiny:
     c.model.hidden, c.model.latent_dim = (32,), 4
     c.data.labeled_batch_size = c.data.label_only_batch_size = 4
@@ -97,13 +111,15 @@ def time_calls(fn, steps: int) -> float:
   return (time.perf_counter() - start) / steps
 
 
-def measure_jax(model_name: str, num_replicas: int, *, unlabeled_batch, steps, tiny):
+def measure_jax(model_name: str, num_replicas: int, *, unlabeled_batch, steps, tiny,
+                labeled_batch=-1, compute_dtype="float32", **_):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from untapped_jax import objective  # pylint: disable=g-import-not-at-top
   from untapped_jax import train  # pylint: disable=g-import-not-at-top
   from untapped_jax import train_state  # pylint: disable=g-import-not-at-top
-  config = bench_config(model_name, unlabeled_batch=unlabeled_batch, tiny=tiny)
+  config = bench_config(model_name, unlabeled_batch=unlabeled_batch, tiny=tiny,
+                        labeled_batch=labeled_batch, compute_dtype=compute_dtype)
   created = [train_state.create_train_state(config, seed=s) for s in range(num_replicas)]
   graphdef, tx = created[0][:2]
   state = train_state.stack([s for _, _, s in created])
@@ -130,36 +146,43 @@ def measure_jax(model_name: str, num_replicas: int, *, unlabeled_batch, steps, t
           "unlabeled_per_step": config.data.unlabeled_batch_size * num_replicas}
 
 
-def measure_torch(compile_step: bool, *, unlabeled_batch, steps, tiny):
+def measure_torch(compile_step: bool, *, unlabeled_batch, steps, tiny, labeled_batch=-1,
+                  **_):
   import torch  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import torch_m2  # pylint: disable=g-import-not-at-top
-  config = bench_config("m2", unlabeled_batch=unlabeled_batch, tiny=tiny)
+  config = bench_config("m2", unlabeled_batch=unlabeled_batch, tiny=tiny,
+                        labeled_batch=labeled_batch)
   m, d = config.model, config.data
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
   torch.manual_seed(0)
   model = torch_m2.TorchM2(num_pixels=m.num_pixels, num_classes=m.num_classes,
-                           latent_dim=m.latent_dim, hidden=m.hidden[0])
+                           latent_dim=m.latent_dim, hidden=m.hidden[0]).to(device)
   step = torch_m2.make_step(model, compile_step=compile_step)
-  binary = lambda n: torch.bernoulli(torch.full((n, m.num_pixels), 0.2))
+  binary = lambda n: torch.bernoulli(torch.full((n, m.num_pixels), 0.2, device=device))
   xl, xu = binary(d.labeled_batch_size), binary(d.unlabeled_batch_size)
-  yl = torch.nn.functional.one_hot(torch.randint(0, m.num_classes, (len(xl),)),
+  yl = torch.nn.functional.one_hot(torch.randint(0, m.num_classes, (len(xl),), device=device),
                                    m.num_classes).float()
   for _ in range(3):  # torch.compile compiles on the first calls
     step(xl, yl, xu)
+  sync()
   start = time.perf_counter()
   for _ in range(steps):
     step(xl, yl, xu)
+  sync()
   seconds = (time.perf_counter() - start) / steps
   return {"seconds": seconds, "useful_flops": 3 * useful_forward_flops(config),
           "unlabeled_per_step": d.unlabeled_batch_size, "threads": torch.get_num_threads()}
 
 
-def measure_matmul(*, steps, **_):
+def measure_matmul(*, steps, matmul_size=1024, compute_dtype="float32", **_):
   import jax  # pylint: disable=g-import-not-at-top
-  a = jax.random.normal(jax.random.key(0), (MATMUL, MATMUL))
+  a = jax.random.normal(jax.random.key(0), (matmul_size, matmul_size), compute_dtype)
   matmul = jax.jit(lambda a: a @ a)
   seconds = time_calls(lambda: matmul(a), max(steps, 20))
-  return {"seconds": seconds, "gflops": 2 * MATMUL**3 / seconds / 1e9}
+  return {"seconds": seconds, "gflops": 2 * matmul_size**3 / seconds / 1e9,
+          "size": matmul_size, "dtype": compute_dtype}
 
 
 def measure(what: str, **kw) -> dict:
@@ -173,13 +196,17 @@ def measure(what: str, **kw) -> dict:
   out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   import jax  # pylint: disable=g-import-not-at-top
   out["device"] = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
+  if what.startswith("torch_"):
+    import torch  # pylint: disable=g-import-not-at-top
+    out["device"] = (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
   return out
 
 
 def run_isolated(what: str) -> dict | None:
   cmd = [sys.executable, os.path.abspath(__file__), f"--only={what}",
          f"--unlabeled_batch={_UNLABELED.value}", f"--steps={_STEPS.value}",
-         f"--tiny={_TINY.value}"]
+         f"--tiny={_TINY.value}", f"--labeled_batch={_LABELED.value}",
+         f"--matmul_size={_MATMUL_SIZE.value}", f"--compute_dtype={_DTYPE.value}"]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if proc.returncode:
     print(f"{what}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -197,7 +224,9 @@ def torch_available() -> bool:
 
 def main(argv):
   del argv
-  kw = dict(unlabeled_batch=_UNLABELED.value, steps=_STEPS.value, tiny=_TINY.value)
+  kw = dict(unlabeled_batch=_UNLABELED.value, steps=_STEPS.value, tiny=_TINY.value,
+            labeled_batch=_LABELED.value, matmul_size=_MATMUL_SIZE.value,
+            compute_dtype=_DTYPE.value)
   if _ONLY.value:
     print(json.dumps(measure(_ONLY.value, **kw)))
     return
@@ -224,12 +253,22 @@ def per_s(figure) -> float | None:
 def summary(figures, populations) -> dict:
   m2 = figures["jax_m2_s1"]
   out = {"device": m2["device"] if m2 else "", "unlabeled_batch": _UNLABELED.value,
+         "labeled_batch": _LABELED.value, "compute_dtype": _DTYPE.value,
          "jax_examples_per_s": per_s(m2),
          "jax_untapped_examples_per_s": per_s(figures["jax_untapped_s1"]),
          "torch_eager_examples_per_s": per_s(figures.get("torch_eager")),
          "torch_compile_examples_per_s": per_s(figures.get("torch_compile")),
          "matmul_gflops": figures["matmul"]["gflops"] if figures["matmul"] else None,
          "useful_gflops": m2["useful_flops"] / m2["seconds"] / 1e9 if m2 else None}
+  if _PEAK.value > 0:
+    peak = _PEAK.value * 1e3
+    out["useful_fraction_of_peak"] = out["useful_gflops"] / peak if m2 else None
+    out["matmul_fraction_of_peak"] = (out["matmul_gflops"] / peak
+                                      if out["matmul_gflops"] else None)
+    largest = max(populations)
+    f = figures[f"jax_m2_s{largest}"]
+    out[f"vmap{largest}_useful_fraction_of_peak"] = (
+        f["useful_flops"] / f["seconds"] / 1e9 / peak if f else None)
   for s in populations:
     f = figures[f"jax_m2_s{s}"]
     out[f"vmap{s}_per_seed_cost_ratio"] = (f["seconds"] / (s * m2["seconds"])
@@ -245,8 +284,9 @@ def table(figures) -> str:
       lines.append(f"| {name} | failed | | | | |")
       continue
     if name == "matmul":
-      lines.append(f"| matmul {MATMUL}² f32 | {1e3 * f['seconds']:.2f} | | {f['gflops']:.0f} "
-                   f"| | {f['peak_rss_mb']:.0f} |")
+      dtype = {"float32": "f32", "bfloat16": "bf16"}[f["dtype"]]
+      lines.append(f"| matmul {f['size']}² {dtype} | {1e3 * f['seconds']:.2f} | "
+                   f"| {f['gflops']:.0f} | | {f['peak_rss_mb']:.0f} |")
       continue
     xla = f"{f['xla_flops'] / 1e9:.3f}" if "xla_flops" in f else ""
     lines.append(f"| {name} | {1e3 * f['seconds']:.2f} | {per_s(f):,.0f} | "

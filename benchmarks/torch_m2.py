@@ -42,7 +42,8 @@ class TorchM2(nn.Module):
     log_q = F.log_softmax(self.classifier(x), -1)
     elbos = []
     for k in range(self.num_classes):
-      y = F.one_hot(torch.full((len(x),), k, dtype=torch.long), self.num_classes).to(x.dtype)
+      label = torch.full((len(x),), k, dtype=torch.long, device=x.device)
+      y = F.one_hot(label, self.num_classes).to(x.dtype)
       elbos.append(self.labeled_elbo(x, y))
     elbos = torch.stack(elbos, -1)
     return (log_q.exp() * (elbos - log_q)).sum(-1)

@@ -16,7 +16,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def test_throughput_tiny_prints_the_table_and_every_json_key():
   proc = subprocess.run(
       [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--tiny", "--json",
-       "--steps=2", "--populations=1,2", "--notorch"],
+       "--steps=2", "--populations=1,2", "--notorch", "--matmul_size=64", "--peak_tflops=1"],
       capture_output=True, text=True, timeout=600, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.strip().splitlines()
@@ -25,10 +25,14 @@ def test_throughput_tiny_prints_the_table_and_every_json_key():
               "useful_gflops", "vmap2_per_seed_cost_ratio"):
     assert figures[key] > 0, key
   assert figures["vmap1_per_seed_cost_ratio"] == 1.0
+  # Fractions of the given peak (1 TFLOP/s here) are the GFLOP/s over 1000.
+  assert figures["matmul_fraction_of_peak"] == figures["matmul_gflops"] / 1e3
+  assert figures["useful_fraction_of_peak"] == figures["useful_gflops"] / 1e3
+  assert figures["vmap2_useful_fraction_of_peak"] > 0
   # Without the PyTorch peer its figures are null, not made up.
   assert figures["torch_eager_examples_per_s"] is None
   table = "\n".join(lines[:-1])
-  assert "| jax_m2_s2 |" in table and "| matmul 1024² f32 |" in table
+  assert "| jax_m2_s2 |" in table and "| matmul 64² f32 |" in table
 
 
 @pytest.mark.slow

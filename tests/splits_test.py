@@ -102,6 +102,23 @@ def test_label_only_classes_gives_one_label_per_class(classes):
   assert splits.label_only.labels.dtype == np.int32
 
 
+@pytest.mark.parametrize("seed", [0, 2])
+def test_label_only_sources_with_every_image_of_0_to_4_labeled(seed):
+  # 'images' takes the labels of the images left over, none of 0-4 here; 'frequencies'
+  # takes every non-validation image's label, so its class counts are the pool's.
+  data = synthetic(seed)
+  labels = data["train_labels"]
+  by_source = {source: splits_lib.make_splits(
+      data, data_config(labeled_per_class=-1, label_only_source=source), seed=seed)
+      for source in ("images", "frequencies")}
+  pool = non_validation(by_source["images"], data)
+  assert np.bincount(by_source["frequencies"].label_only.labels, minlength=10).tolist() == \
+      np.bincount(labels[pool], minlength=10).tolist()
+  assert sorted(by_source["images"].label_only.labels.tolist()) == sorted(
+      labels[i] for i in pool if labels[i] >= 5)
+  assert by_source["frequencies"].label_only.images is None
+
+
 @pytest.mark.parametrize("source", ["class", "IMAGES", ""])
 def test_unknown_label_only_source_is_named(source):
   with pytest.raises(ValueError, match=repr(source)):

@@ -28,8 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.unlabeled_includes_labeled = False
   c.data.label_only_classes = DIGITS
   c.data.max_label_only = -1
-  # 'images': the labels of the remaining training images (MNIST's class frequencies);
-  # 'classes': each class of label_only_classes once (uniform over classes).
+  # 'images': the labels of the remaining (unlabeled, non-validation) training images;
+  # 'frequencies': of every non-validation training image (MNIST's class frequencies
+  # even when a class is labeled in full); 'classes': each class once (uniform).
   c.data.label_only_source = "images"
   c.data.binarization = "dynamic"  # 'dynamic' | 'static' | 'none'
   c.data.labeled_batch_size = 100

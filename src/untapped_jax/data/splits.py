@@ -8,8 +8,12 @@ Order of carving (so that changing one size never reshuffles the others' pools):
      labeled ones included, in a seeded random order), optionally capped at
      `max_unlabeled`;
   4. label-only labels: with label_only_source='images', labels (no images) of the
-     remaining training images of `label_only_classes`, so they follow MNIST's class
-     frequencies, capped at `max_label_only`; with 'classes', each class once.
+     remaining training images of `label_only_classes` (those neither labeled nor held
+     out), capped at `max_label_only`: MNIST's class frequencies only while every class
+     keeps unlabeled images; a class labeled in full (labeled_per_class=-1) gets none.
+     With 'frequencies', the labels of every non-validation training image of those
+     classes, labeled ones included: MNIST's class frequencies whatever is labeled
+     (label-only data are labels, so no image is shared). With 'classes', each class once.
 Unless `unlabeled_includes_labeled`, the labeled and unlabeled sets never share an image.
 """
 
@@ -59,7 +63,7 @@ class Splits:
     return {f.name: len(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
-LABEL_ONLY_SOURCES = ("images", "classes")
+LABEL_ONLY_SOURCES = ("images", "frequencies", "classes")
 
 
 def _check_classes(name: str, classes: Sequence[int]) -> tuple[int, ...]:
@@ -126,7 +130,8 @@ def make_splits(mnist: dict[str, np.ndarray], config: Any, *, seed: int) -> Spli
   if source == "classes":
     label_only_labels = np.asarray(label_only_classes, np.int32)
   else:
-    label_only_labels = labels[_cap(rest[np.isin(labels[rest], label_only_classes)],
+    source_pool = pool if source == "frequencies" else rest
+    label_only_labels = labels[_cap(source_pool[np.isin(labels[source_pool], label_only_classes)],
                                     config.max_label_only)]
 
   def take(idx):
