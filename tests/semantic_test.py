@@ -449,3 +449,11 @@ def test_evaluator_cache_key_follows_every_recipe_field():
     keys.add(dataclasses.replace(recipe, **{field: value}).cache_key())
   assert len(keys) == 8
   assert evaluator_lib.RECIPES["logreg"].cache_key() != recipe.cache_key()
+
+
+@pytest.mark.parametrize("epochs", ["0", "two", "-1"])
+def test_bad_mlp_evaluator_epochs_are_one_line_naming_the_value(epochs, monkeypatch, tmp_path):
+  monkeypatch.setenv(evaluator_lib.MLP_EPOCHS_ENV_VAR, epochs)
+  with pytest.raises(ValueError, match=f"UNTAPPED_MLP_EVALUATOR_EPOCHS={epochs!r}"):
+    evaluator_lib.load_or_train_evaluator({}, cache_dir=str(tmp_path), kind="mlp")
+  assert list(tmp_path.iterdir()) == []

@@ -21,6 +21,11 @@ from untapped_jax.data import streams as streams_lib
 
 NUM_DIGITS = 10
 CACHE_ENV_VAR = "UNTAPPED_CACHE_DIR"
+# A smoke knob for test suites: the MLP evaluator's 20 epochs are most of a CPU test
+# session's fixed cost. The epochs are part of the recipe, hence of the cache key, and
+# every run logs and records its evaluators' test accuracy, so a shortened evaluator is
+# never mistaken for the real one. Never set for a study.
+MLP_EPOCHS_ENV_VAR = "UNTAPPED_MLP_EVALUATOR_EPOCHS"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +140,11 @@ def load_or_train_evaluator(mnist: dict[str, np.ndarray], *, cache_dir: str | No
   if kind not in RECIPES:
     raise ValueError(f"evaluator kind={kind!r}; expected one of {EVALUATORS}.")
   recipe = RECIPES[kind]
+  if kind == "mlp" and os.environ.get(MLP_EPOCHS_ENV_VAR):
+    epochs = os.environ[MLP_EPOCHS_ENV_VAR]
+    if not epochs.isdigit() or int(epochs) < 1:
+      raise ValueError(f"{MLP_EPOCHS_ENV_VAR}={epochs!r}; expected a whole number >= 1.")
+    recipe = dataclasses.replace(recipe, num_epochs=int(epochs))
   cache_dir = cache_dir or os.environ.get(CACHE_ENV_VAR) or os.path.join(
       os.path.expanduser("~"), ".cache", "untapped_jax")
   digest = hashlib.sha256(recipe.cache_key().encode() + mnist["train_images"].tobytes()
