@@ -1,5 +1,6 @@
 """train_state.make_optimizer: clipping and Adam against Adam's first step worked out by hand."""
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -48,3 +49,46 @@ def test_negative_clip_raises(key):
     train_state.make_optimizer(train_config(**{key: -1.0}))
 
 
+
+
+def cosine_factor(t, num_steps, final):
+  t = min(t, num_steps)
+  return final + (1.0 - final) * 0.5 * (1.0 + np.cos(np.pi * t / num_steps))
+
+
+@pytest.mark.parametrize("final", [0.0, 0.1])
+def test_cosine_schedule_scales_each_step_by_the_half_cosine(final):
+  # With a constant gradient Adam's bias-corrected moments are exactly g and g^2 at every
+  # step, so step t's update is -lr g / (|g| + eps) times the schedule's factor at t.
+  config = train_config(lr=1e-2, eps=1e-4)
+  config.update(dict(lr_schedule="cosine", lr_final_fraction=final, num_steps=10))
+  tx = train_state.make_optimizer(config)
+  params = {k: jnp.zeros_like(jnp.asarray(x, jnp.float32)) for k, x in GRAD.items()}
+  grads = {k: jnp.asarray(x, jnp.float32) for k, x in GRAD.items()}
+  state = tx.init(params)
+  base = hand_update(GRAD, 0.0, 0.0, lr=1e-2, eps=1e-4)
+  for t in range(12):  # past num_steps the factor stays at lr_final_fraction
+    updates, state = tx.update(grads, state, params)
+    for k in GRAD:
+      np.testing.assert_allclose(np.asarray(updates[k]), base[k] * cosine_factor(t, 10, final),
+                                 rtol=2e-5, atol=1e-12)
+
+
+def test_constant_schedule_adds_no_optimizer_state():
+  # Checkpoints of runs from before the schedule existed keep their structure.
+  config = train_config()
+  params = {"a": jnp.zeros(2)}
+  plain = train_state.make_optimizer(config).init(params)
+  config.update(dict(lr_schedule="constant", num_steps=10))
+  assert (jax.tree.structure(train_state.make_optimizer(config).init(params))
+          == jax.tree.structure(plain))
+
+
+@pytest.mark.parametrize("key,value,match", [("lr_schedule", "linear", "lr_schedule='linear'"),
+                                             ("lr_final_fraction", 1.5, "lr_final_fraction=1.5")])
+def test_bad_schedule_is_one_line_naming_it(key, value, match):
+  config = train_config()
+  config.update(dict(lr_schedule="cosine", lr_final_fraction=0.0, num_steps=10))
+  config[key] = value
+  with pytest.raises(ValueError, match=match):
+    train_state.make_optimizer(config)

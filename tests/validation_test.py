@@ -1,7 +1,10 @@
 """Bad configs fail at start-up, before any data is read, naming the key and value."""
 
+import json
+
 import pytest
 
+from untapped_jax import run_dir
 from untapped_jax import sweep
 from untapped_jax import train
 from untapped_jax.data import mnist
@@ -35,6 +38,9 @@ BAD = [
      r"of train.log_every=100"),
     ({"train.checkpoint_every": -100}, r"train.checkpoint_every=-100"),
     ({"train.clip_value": -1.0}, r"train.clip_value=-1.0"),
+    ({"train.lr_schedule": "step"}, r"train.lr_schedule='step'; expected one of"),
+    ({"train.lr_schedule": "cosine", "train.lr_final_fraction": -0.1},
+     r"train.lr_final_fraction=-0.1; expected in \[0, 1\]"),
     ({"model_name": "m3"}, r"model_name='m3'; expected one of"),
     ({"objective.stream_weighting": "equal"}, r"objective.stream_weighting='equal'"),
     ({"model_name": "untapped", "objective.label_only": "wake"}, r"objective.label_only='wake'"),
@@ -75,3 +81,19 @@ def test_valid_config_gets_as_far_as_the_data(tmp_path):
   with pytest.raises(ValueError, match="/nonexistent/mnist"):
     train.train_and_evaluate(config_with(), str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()  # checked before the workdir is made
+
+
+def test_a_longer_rerun_under_a_cosine_schedule_is_another_experiment(tmp_path):
+  # The length sets a decaying schedule's shape, so unlike under a constant rate it may
+  # not change in the same workdir; under a constant rate it still may.
+  for schedule, refused in (("cosine", True), ("constant", False)):
+    workdir = tmp_path / schedule
+    workdir.mkdir()
+    first = config_with(**{"train.lr_schedule": schedule, "train.num_steps": 4000})
+    (workdir / "config.json").write_text(json.dumps(first.to_dict()))
+    longer = config_with(**{"train.lr_schedule": schedule, "train.num_steps": 12000})
+    if refused:
+      with pytest.raises(ValueError, match=r"another config: \['train.num_steps'\]"):
+        run_dir.check_same_experiment(longer, str(workdir))
+    else:
+      run_dir.check_same_experiment(longer, str(workdir))

@@ -76,13 +76,16 @@ def check_same_experiment(config, workdir: str) -> None:
   with open(path) as f:
     old = configs_lib.flatten(json.load(f))
   new = configs_lib.flatten(json.loads(json.dumps(config.to_dict())))
+  # Under a decaying learning rate the length is part of the schedule, so not a continuation.
+  continuation = tuple(k for k in CONTINUATION_KEYS if k != "train.num_steps"
+                       or new.get("train.lr_schedule", "constant") == "constant")
   differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
-                  and k not in CONTINUATION_KEYS and not k.startswith("eval."))
+                  and k not in continuation and not k.startswith("eval."))
   if differ:
     raise ValueError(
         f"workdir {workdir!r} holds a run of another config: {differ} differ "
         f"({', '.join(f'{k}: {old.get(k)!r} there, {new.get(k)!r} here' for k in differ[:4])}). "
-        f"Use another workdir; a rerun may change only {CONTINUATION_KEYS} and eval.*.")
+        f"Use another workdir; a rerun may change only {continuation} and eval.*.")
 
 
 def check_workdir(workdir: str) -> None:

@@ -62,7 +62,29 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
       clips.append(clip(value))
   if not train_config.learning_rate > 0:
     raise ValueError(f"train.learning_rate={train_config.learning_rate}; expected > 0.")
+  # The schedule multiplies Adam's step rather than replacing the injected rate, so a
+  # population's per-replica learning rates decay alike; 'constant' adds no state, so
+  # its checkpoints keep their structure.
+  decay = learning_rate_decay(train_config)
+  tail = [optax.scale_by_schedule(decay)] if decay is not None else []
   adam = optax.inject_hyperparams(
       lambda learning_rate: optax.chain(*clips, optax.adam(learning_rate,
-                                                            eps=train_config.adam_eps)))
+                                                            eps=train_config.adam_eps), *tail))
   return adam(learning_rate=train_config.learning_rate)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_decay(train_config) -> optax.Schedule | None:
+  """The factor on the learning rate at each step: None for 'constant'; for 'cosine',
+  1 at step 0 falling as a half cosine to lr_final_fraction at train.num_steps."""
+  schedule = train_config.get("lr_schedule", "constant")
+  if schedule not in LR_SCHEDULES:
+    raise ValueError(f"train.lr_schedule={schedule!r}; expected one of {LR_SCHEDULES}.")
+  if schedule == "constant":
+    return None
+  final = train_config.get("lr_final_fraction", 0.0)
+  if not 0.0 <= final <= 1.0:
+    raise ValueError(f"train.lr_final_fraction={final}; expected in [0, 1].")
+  return optax.cosine_decay_schedule(1.0, decay_steps=int(train_config.num_steps), alpha=final)

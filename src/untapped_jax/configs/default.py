@@ -79,6 +79,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.num_steps = 50000
   c.train.learning_rate = 3e-4
   c.train.adam_eps = 1e-8
+  # 'constant' | 'cosine': the rate times a half cosine from 1 to lr_final_fraction at num_steps
+  c.train.lr_schedule = "constant"
+  c.train.lr_final_fraction = 0.0
   c.train.clip_global_norm = 0.0  # > 0: optax.clip_by_global_norm before Adam
   c.train.clip_value = 0.0  # > 0: then each gradient element clipped to [-v, v]
   c.train.log_every = 100
