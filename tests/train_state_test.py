@@ -92,3 +92,27 @@ def test_bad_schedule_is_one_line_naming_it(key, value, match):
   config[key] = value
   with pytest.raises(ValueError, match=match):
     train_state.make_optimizer(config)
+
+
+@pytest.mark.parametrize("kernel_init", ["lecun_normal", "normal"])
+def test_jitted_init_gives_the_bytes_of_flaxs_eager_initializers(kernel_init):
+  # Runs initialised before init was jitted must keep their parameters: the reference is
+  # flax's own initializer applied eagerly, layer by layer.
+  from flax import nnx
+  from untapped_jax import models
+  from untapped_jax.configs import default
+  config = default.get_config()
+  config.model.kernel_init, config.model.init_stddev = kernel_init, 1e-3
+  config.model.hidden = (64,)
+  _, _, state = train_state.create_train_state(config, seed=3)
+  reference = (nnx.initializers.lecun_normal() if kernel_init == "lecun_normal"
+               else nnx.initializers.normal(1e-3))
+  keys = nnx.Rngs(jax.random.fold_in(jax.random.key(3), 1))  # Stream.INIT = 1
+  model = models.M2(num_pixels=784, num_classes=10, latent_dim=config.model.latent_dim,
+                    hidden=(64,), activation=config.model.activation, rngs=keys,
+                    kernel_init=reference)
+  expected = jax.tree.leaves(nnx.state(model, nnx.Param))
+  got = jax.tree.leaves(state.params)
+  assert len(got) == len(expected)
+  for a, b in zip(got, expected):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

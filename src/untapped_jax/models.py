@@ -6,6 +6,7 @@ the bounds are written per example and vmapped.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 from flax import nnx
@@ -52,8 +53,16 @@ def kernel_initializer(name: str = "lecun_normal", stddev: float = 1e-3):
   if name == "lecun_normal":
     return nnx.initializers.lecun_normal()
   if name == "normal":
-    return nnx.initializers.normal(stddev)
+    return functools.partial(_scaled_normal, stddev=stddev)
   raise ValueError(f"model.kernel_init={name!r}; expected one of {KERNEL_INITS}.")
+
+
+def _scaled_normal(key, shape, dtype=jnp.float32, *, stddev: float):
+  """N(0, stddev^2), as nnx.initializers.normal. The barrier keeps XLA from folding the
+  scale into the sampler's own constants under jit, so a jitted init gives the bytes of an
+  eager one (runs initialised before init was jitted keep their parameters)."""
+  return jax.lax.optimization_barrier(jax.random.normal(key, shape, dtype)) * jnp.asarray(
+      stddev, dtype)
 
 
 # None: each layer computes in its inputs' and parameters' dtype (float32, or float64 under
@@ -158,9 +167,14 @@ class M2(nnx.Module):
 
 def build(model_config: Any, *, seed: int) -> M2:
   """M2 from the `model` ConfigDict, initialised from `seed`."""
+  return build_from_key(model_config, rng_lib.key(seed, rng_lib.Stream.INIT))
+
+
+def build_from_key(model_config: Any, key: jax.Array) -> M2:
+  """M2 from the `model` ConfigDict, initialised from the typed key `key` (traceable)."""
   return M2(num_pixels=model_config.num_pixels, num_classes=model_config.num_classes,
             latent_dim=model_config.latent_dim, hidden=tuple(model_config.hidden),
             activation=model_config.activation,
-            rngs=nnx.Rngs(rng_lib.key(seed, rng_lib.Stream.INIT)),
+            rngs=nnx.Rngs(key),
             kernel_init=kernel_initializer(model_config.kernel_init, model_config.init_stddev),
             dtype=compute_dtype(model_config.get("compute_dtype", "float32")))

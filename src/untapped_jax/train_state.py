@@ -5,12 +5,14 @@ A population's state is the replicas' states stacked on a leading [S] axis (`sta
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 from flax import nnx
 from flax import struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from untapped_jax import models
@@ -27,12 +29,38 @@ class TrainState:
 
 
 def create_train_state(config, *, seed: int):
-  """Returns (graphdef, tx, state) for one fresh replica initialised from `seed`."""
-  graphdef, params = nnx.split(models.build(config.model, seed=seed))
+  """Returns (graphdef, tx, state) for one fresh replica initialised from `seed`.
+
+  The state is built by one jitted program, compiled once per model and optimizer config
+  (and kept by the persistent compilation cache), where building it eagerly compiles each
+  initializer and zeros-like of every shape on its own: seconds of every process's start.
+  """
   tx = make_optimizer(config.train)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=tx.init(params), rng=rng_lib.key(seed, rng_lib.Stream.TRAIN))
-  return graphdef, tx, state
+  graphdef, init = _jitted_init(_frozen(config.model), _frozen(config.train))
+  return graphdef, tx, init(rng_lib.key(seed, rng_lib.Stream.INIT),
+                            rng_lib.key(seed, rng_lib.Stream.TRAIN))
+
+
+def _frozen(section) -> tuple:
+  """A config section as a hashable, order-independent key."""
+  flat = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+  return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in flat.items()))
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_init(model_items: tuple, train_items: tuple):
+  """(graphdef, jitted (init_key, train_key) -> TrainState) of one model/train config."""
+  model_config = ml_collections.ConfigDict(dict(model_items))
+  tx = make_optimizer(ml_collections.ConfigDict(dict(train_items)))
+
+  def init(init_key, train_key):
+    params = nnx.split(models.build_from_key(model_config, init_key))[1]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), rng=train_key)
+
+  graphdef = nnx.split(nnx.eval_shape(
+      lambda: models.build(model_config, seed=0)))[0]  # shapes only: no key is drawn
+  return graphdef, jax.jit(init)
 
 
 def stack(trees: Sequence[Any], *, xp=jnp) -> Any:
