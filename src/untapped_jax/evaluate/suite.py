@@ -13,7 +13,6 @@ from untapped_jax import objective
 from untapped_jax import rng as rng_lib
 from untapped_jax.bounds import untapped
 from untapped_jax.data import streams as streams_lib
-from untapped_jax.evaluate import figures
 from untapped_jax.evaluate import likelihood
 from untapped_jax.evaluate import evaluator as evaluator_lib
 from untapped_jax.evaluate import semantic
@@ -62,6 +61,8 @@ def evaluate_run(config, workdir: str, *, graphdef, params, splits, mnist) -> di
 
   with files.atomic_path(os.path.join(workdir, "samples.npz")) as tmp:
     np.savez_compressed(tmp, **arrays)
+  # Imported here: matplotlib is ~0.4 s of every launch's start, and only this draws.
+  from untapped_jax.evaluate import figures  # pylint: disable=g-import-not-at-top
   name = f"{config.model_name} (seed {config.seed})"
   figures.sample_grid(arrays["x_mean"], results["majority_digits"],
                       results["duplicated_digits"], os.path.join(workdir, "samples_grid.png"),
