@@ -35,21 +35,20 @@ def create_train_state(config, *, seed: int):
   (and kept by the persistent compilation cache), where building it eagerly compiles each
   initializer and zeros-like of every shape on its own: seconds of every process's start.
   """
-  tx = make_optimizer(config.train)
-  graphdef, init = _jitted_init(_frozen(config.model), _frozen(config.train))
+  graphdef, tx, init = _jitted_init(_frozen(config.model), _frozen(config.train))
   return graphdef, tx, init(rng_lib.key(seed, rng_lib.Stream.INIT),
                             rng_lib.key(seed, rng_lib.Stream.TRAIN))
 
 
 def _frozen(section) -> tuple:
   """A config section as a hashable, order-independent key."""
-  flat = section.to_dict() if hasattr(section, "to_dict") else dict(section)
-  return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in flat.items()))
+  return tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                      for k, v in section.to_dict().items()))
 
 
 @functools.lru_cache(maxsize=None)
 def _jitted_init(model_items: tuple, train_items: tuple):
-  """(graphdef, jitted (init_key, train_key) -> TrainState) of one model/train config."""
+  """(graphdef, tx, jitted (init_key, train_key) -> TrainState) of one model/train config."""
   model_config = ml_collections.ConfigDict(dict(model_items))
   tx = make_optimizer(ml_collections.ConfigDict(dict(train_items)))
 
@@ -60,7 +59,7 @@ def _jitted_init(model_items: tuple, train_items: tuple):
 
   graphdef = nnx.split(nnx.eval_shape(
       lambda: models.build(model_config, seed=0)))[0]  # shapes only: no key is drawn
-  return graphdef, jax.jit(init)
+  return graphdef, tx, jax.jit(init)
 
 
 def stack(trees: Sequence[Any], *, xp=jnp) -> Any:
