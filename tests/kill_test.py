@@ -18,16 +18,18 @@ from real_mnist import DATA_DIR
 
 pytestmark = pytest.mark.slow
 
-NUM_STEPS = 400
+NUM_STEPS = 200
 # Long enough (a few seconds of training on two cores) that the kills land inside
-# training, while a checkpoint is written, and inside the final evaluation.
+# training, while a checkpoint is written, and inside the final evaluation; the
+# checkpoints are sparse (each costs a quarter second) but more than one lies ahead of
+# every kill, so each resume starts from a checkpoint after the first.
 FLAGS = {
     "data.source": "folder", "data.num_validation": 2000, "data.max_unlabeled": 5000,
     "data.max_label_only": 5000, "data.labeled_batch_size": 50,
     "data.unlabeled_batch_size": 50, "data.label_only_batch_size": 50,
     "model_name": "untapped", "model.hidden": (128,),
-    "train.num_steps": NUM_STEPS, "train.log_every": 20, "train.eval_every": 100,
-    "train.checkpoint_every": 40, "train.progress_bar": False, "train.tensorboard": False,
+    "train.num_steps": NUM_STEPS, "train.log_every": 10, "train.eval_every": 50,
+    "train.checkpoint_every": 30, "train.progress_bar": False, "train.tensorboard": False,
 }
 PER_RUN = ("metrics.jsonl", "results.json", "config.json")
 SWEEP_CONFIG = """
@@ -137,13 +139,13 @@ def test_killed_launches_resume_to_the_same_bytes(tmp_path, kind):
   first = layout.first(killed)
   in_flight = lambda: any("tmp" in n for n in listing(layout.checkpoints(killed)))
 
-  def mid_training():  # the first log line, before any checkpoint beyond step 40
+  def mid_training():  # the first log line, before any checkpoint beyond step 30
     return metric_lines(first / "metrics.jsonl") >= 1
 
   def mid_checkpoint():  # orbax's temporary folder of a checkpoint past the first kill's
     return in_flight() and metric_lines(first / "metrics.jsonl") >= 6
 
-  def mid_validation():  # just after step 200 is logged, i.e. after its validation
+  def mid_validation():  # just after step 100 is logged, i.e. after its validation
     return metric_lines(first / "metrics.jsonl") >= 10 and not in_flight()
 
   def mid_final_evaluation():  # training ended (timing.json), results.json not yet

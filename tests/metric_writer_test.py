@@ -2,7 +2,10 @@
 
 import glob
 import json
+import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 from tensorboardX.proto import event_pb2
@@ -83,6 +86,38 @@ def test_tile_samples_puts_dimension_k_on_row_k():
     for m in range(2):
       np.testing.assert_array_equal(grid[4 * k:4 * k + 4, 4 * m:4 * m + 4],
                                     x[k, m].reshape(4, 4))
+
+
+def test_tile_samples_with_a_gap_leaves_nan_between_images():
+  x = np.arange(2 * 3 * 4, dtype=float).reshape(2, 3, 4)
+  grid = metric_writer.tile_samples(x, side=2, gap=1)
+  assert grid.shape == (6, 9)
+  for k in range(2):
+    for m in range(3):
+      np.testing.assert_array_equal(grid[3 * k:3 * k + 2, 3 * m:3 * m + 2], x[k, m].reshape(2, 2))
+      assert np.isnan(grid[3 * k + 2, 3 * m:3 * m + 3]).all()
+      assert np.isnan(grid[3 * k:3 * k + 3, 3 * m + 2]).all()
+  assert np.isnan(grid).sum() == 6 * 9 - 2 * 3 * 4
+
+
+def test_tensorboard_writer_does_not_import_torch(tmp_path):
+  # A stand-in torch package first on the path records any import of it: tensorboardX
+  # imports torch when it can, which cost every run 2 s where torch is installed.
+  fake = tmp_path / "site" / "torch"
+  fake.mkdir(parents=True)
+  (fake / "__init__.py").write_text(
+      f"open({str(tmp_path / 'imported')!r}, 'w').close()\nTensor = object\n")
+  code = ("from untapped_jax import metric_writer\n"
+          f"w = metric_writer.MetricWriter({str(tmp_path / 'run')!r}, config={{}})\n"
+          "w.write_scalars(1, {'train/loss': 1.0}, wall_s=0.1)\nw.close()\n"
+          "import sys; assert 'torch' not in sys.modules\n")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]))
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert not (tmp_path / "imported").exists()
+  assert scalars(read_events(tmp_path / "run" / "tensorboard")) == {("train/loss", 1): 1.0}
 
 
 def test_read_results_adds_the_training_time_kept_outside_results_json(tmp_path):

@@ -27,9 +27,14 @@ def cache_root() -> str:
       os.path.expanduser("~"), ".cache", "untapped_jax")
 
 
-def enable(*, min_compile_time_s: float = 1.0) -> str | None:
+def enable(*, min_compile_time_s: float = 0.0) -> str | None:
   """Turns the persistent cache on (see the module doc); returns its folder, or None
-  when it is off. Programs that compile in less than `min_compile_time_s` are not kept."""
+  when it is off. Programs that compile in less than `min_compile_time_s` are not kept.
+
+  Every program is kept by default, not only JAX's default of those over 1 s: a run also
+  compiles some 140 small programs (eager ops of the evaluation, 30-50 ms each), which
+  a warm cache reads back in a few ms apiece (docs/benchmarks.md, start-up).
+  """
   already = jax.config.jax_compilation_cache_dir
   if already:
     return already

@@ -26,6 +26,26 @@ TIMING_FILE = "timing.json"
 TENSORBOARD_DIR = "tensorboard"
 
 
+def _import_tensorboardx():
+  """tensorboardX, without the PyTorch import it attempts at its own import.
+
+  tensorboardX's writer imports torch when it is installed, only to accept torch tensors
+  (about 2 s of every run's start-up where torch is installed, as it is beside the
+  benchmarks); we hand it NumPy. Marking torch absent for that one import makes its
+  `import torch` fail as on a machine without it; a torch imported earlier is left be.
+  """
+  import sys  # pylint: disable=g-import-not-at-top
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    return tensorboardX
+  sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+  try:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+  finally:
+    del sys.modules["torch"]
+  return tensorboardX
+
+
 class MetricWriter:
   """Writes one run's metrics; `resume_step` is the step its training restarts from.
 
@@ -45,7 +65,7 @@ class MetricWriter:
     self.wall_s_before = kept[-1]["wall_s"] if kept else 0.0
     self._tensorboard = None
     if tensorboard and files.is_writer():
-      import tensorboardX  # pylint: disable=g-import-not-at-top
+      tensorboardX = _import_tensorboardx()
       self._tensorboard = tensorboardX.SummaryWriter(
           os.path.join(workdir, TENSORBOARD_DIR), purge_step=resume_step + 1,
           flush_secs=30, filename_suffix=f".resume{resume_step}.pid{os.getpid()}")
@@ -99,7 +119,14 @@ def read_results(folder: str) -> dict[str, Any]:
   return results
 
 
-def tile_samples(x: np.ndarray, *, side: int = 28) -> np.ndarray:
-  """[K, M, side*side] images -> one [K*side, M*side] grid, row k from y dimension k."""
+def tile_samples(x: np.ndarray, *, side: int = 28, gap: int = 0) -> np.ndarray:
+  """[K, M, side*side] images -> one [K*(side+gap), M*(side+gap)] grid, row k from y
+  dimension k; each image followed by `gap` NaN rows and columns (drawn as background)."""
   k, m, _ = x.shape
-  return x.reshape(k, m, side, side).transpose(0, 2, 1, 3).reshape(k * side, m * side)
+  cell = side + gap
+  cells = np.full((k, m, cell, cell), np.nan, np.float32) if gap else None
+  if cells is None:
+    cells = x.reshape(k, m, side, side)
+  else:
+    cells[:, :, :side, :side] = x.reshape(k, m, side, side)
+  return cells.transpose(0, 2, 1, 3).reshape(k * cell, m * cell)

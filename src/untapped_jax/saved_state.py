@@ -15,7 +15,6 @@ from absl import logging
 from flax import nnx
 from flax import struct
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -90,7 +89,7 @@ class BestState:
   @classmethod
   def initial(cls, state: TrainState, num_replicas: int) -> "BestState":
     """Before any validation: copies of the parameters, accuracy -1."""
-    return cls(params=jax.tree.map(jnp.copy, state.params),
+    return cls(params=train_state_lib.copy(state.params),
                accuracy=np.full(num_replicas, -1.0, np.float32),
                step=np.zeros(num_replicas, np.int32))
 
@@ -99,7 +98,7 @@ class BestState:
     train state (whose buffers the next step donates)."""
     accuracies, steps = np.array(self.accuracy), np.array(self.step)
     accuracies[i], steps[i] = accuracy, step
-    return BestState(params=jax.tree.map(lambda b, p: b.at[i].set(p), self.params, params),
+    return BestState(params=train_state_lib.set_replica(self.params, i, params),
                      accuracy=accuracies, step=steps)
 
 

@@ -22,7 +22,6 @@ from typing import Any, NamedTuple, Sequence
 from absl import logging
 from flax import nnx
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -262,7 +261,7 @@ def _train_loop(s: Session, state: TrainState, best: saved_state.BestState,
     if (every and done % every == 0) or done == num_steps:
       # A copy: the next step donates (deletes) the state's buffers while orbax may
       # still be writing them in the background.
-      saved_state.save(s.manager, done, jax.tree.map(jnp.copy, state), best)
+      saved_state.save(s.manager, done, train_state_lib.copy(state), best)
     if done == num_steps:
       break
   s.manager.wait_until_finished()

@@ -65,12 +65,35 @@ def _jitted_init(model_items: tuple, train_items: tuple):
 def stack(trees: Sequence[Any], *, xp=jnp) -> Any:
   """[tree, ...] -> one tree with a leading replica axis on every leaf (xp=np keeps
   host data on the host)."""
+  if xp is jnp:
+    return _stack_on_device(*trees)
   return jax.tree.map(lambda *leaves: xp.stack(leaves), *trees)
 
 
+# The tree operations below are one jitted program per tree structure, not one eager op
+# per leaf: each eager op is a compilation of its own at a process's start (about 30 ms
+# apiece and too quick for the persistent cache to keep; some 60 of them in a run).
+@jax.jit
+def _stack_on_device(*trees):
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+@jax.jit
 def unstack(tree: Any, index: int) -> Any:
-  """Replica `index` of a stacked tree."""
+  """Replica `index` of a stacked tree (index traced: one program for every replica)."""
   return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+@jax.jit
+def copy(tree: Any) -> Any:
+  """A copy of every leaf in new buffers (what a donating step may not delete)."""
+  return jax.tree.map(jnp.copy, tree)
+
+
+@jax.jit
+def set_replica(stacked: Any, index: int, tree: Any) -> Any:
+  """`stacked` with replica `index` replaced by `tree` (new buffers; neither is aliased)."""
+  return jax.tree.map(lambda s, t: s.at[index].set(t), stacked, tree)
 
 
 def make_optimizer(train_config) -> optax.GradientTransformation:

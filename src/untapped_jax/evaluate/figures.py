@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from untapped_jax import files
+from untapped_jax import metric_writer
 
 
 def _save(fig, path: str) -> None:
@@ -18,26 +19,37 @@ def _save(fig, path: str) -> None:
   plt.close(fig)
 
 
+def _image_axes(x: np.ndarray, columns: int, *, cell_inches: float, left_inches: float,
+                gap: int = 2, top_inches: float = 0.6):
+  """A figure holding one axes with the tiled samples (one imshow: a grid of K x M
+  axes costs matplotlib about a second per figure); returns (fig, ax, pixels per cell)."""
+  k = x.shape[0]
+  step = 28 + gap
+  fig = plt.figure(figsize=(columns * cell_inches + left_inches, k * cell_inches + top_inches))
+  ax = fig.add_axes((left_inches / fig.get_figwidth(), 0.02,
+                     1 - left_inches / fig.get_figwidth() - 0.01,
+                     1 - top_inches / fig.get_figheight() - 0.02))
+  cmap = plt.get_cmap("gray_r").with_extremes(bad="white")
+  ax.imshow(metric_writer.tile_samples(x[:, :columns], gap=gap), cmap=cmap, vmin=0, vmax=1,
+            interpolation="nearest")
+  ax.set_axis_off()
+  return fig, ax, step
+
+
 def sample_grid(x: np.ndarray, majority_digits, duplicated_digits, path: str, *,
                 title: str = "", columns: int = 10) -> None:
   """One row per y dimension: `columns` samples, labelled with the evaluator's digit.
 
   x [K, M, 784]; rows whose digit another row also generates are marked in red.
   """
-  k, columns = x.shape[0], min(columns, x.shape[1])
-  fig, axes = plt.subplots(k, columns, figsize=(columns * 0.8 + 1.6, k * 0.8 + 0.6),
-                           squeeze=False)
-  for row in range(k):
+  columns = min(columns, x.shape[1])
+  fig, ax, step = _image_axes(x, columns, cell_inches=0.8, left_inches=1.6)
+  duplicated = set(int(d) for d in duplicated_digits)
+  for row in range(x.shape[0]):
     digit = int(majority_digits[row])
-    dup = digit in set(duplicated_digits)
-    for col in range(columns):
-      ax = axes[row, col]
-      ax.imshow(x[row, col].reshape(28, 28), cmap="gray_r", vmin=0, vmax=1)
-      ax.set_xticks([])
-      ax.set_yticks([])
-    axes[row, 0].set_ylabel(f"y={row} → {digit}" + (" dup" if dup else ""), rotation=0,
-                            ha="right", va="center", fontsize=9,
-                            color="red" if dup else "black")
+    dup = digit in duplicated
+    ax.text(-4, row * step + 14, f"y={row} → {digit}" + (" dup" if dup else ""),
+            ha="right", va="center", fontsize=9, color="red" if dup else "black")
   fig.suptitle(title, fontsize=10)
   _save(fig, path)
 
@@ -48,21 +60,17 @@ def inconsistency_figure(x: np.ndarray, model_digits: np.ndarray, path: str, *,
 
   x [K, M, 784], model_digits int [K, M] (the model's own classification of x).
   """
-  k, columns = x.shape[0], min(columns, x.shape[1])
-  fig, axes = plt.subplots(k, columns, figsize=(columns * 0.9 + 2.2, k * 0.95 + 0.6),
-                           squeeze=False)
-  for row in range(k):
+  columns = min(columns, x.shape[1])
+  fig, ax, step = _image_axes(x, columns, cell_inches=0.9, left_inches=2.2, gap=10,
+                                 top_inches=0.9)
+  for row in range(x.shape[0]):
     for col in range(columns):
-      ax = axes[row, col]
       pred = int(model_digits[row, col])
-      ax.imshow(x[row, col].reshape(28, 28), cmap="gray_r", vmin=0, vmax=1)
-      ax.set_xticks([])
-      ax.set_yticks([])
-      ax.set_title(f"q→{pred}", fontsize=7, pad=1,
-                   color="green" if pred == row else "red")
+      ax.text(col * step + 14, row * step + 28.5, f"q→{pred}", ha="center", va="top",
+              fontsize=7, color="green" if pred == row else "red")
     consistent = float(np.mean(model_digits[row] == row))
-    axes[row, 0].set_ylabel(f"y={row}\n{consistent:.0%} back", rotation=0, ha="right",
-                            va="center", fontsize=8)
+    ax.text(-4, row * step + 14, f"y={row}\n{consistent:.0%} back", ha="right",
+            va="center", fontsize=8)
   fig.suptitle(title + "\n(y → x ~ p(x|y,z) → argmax q(y|x))", fontsize=10)
   _save(fig, path)
 
