@@ -49,7 +49,8 @@ def test_two_processes_write_what_one_process_with_two_devices_writes(tmp_path, 
                for i, log in enumerate(logs)]
   one = subprocess.run(command(tmp_path / "one_process", num_seeds), capture_output=True,
                        text=True, timeout=600,
-                       env=dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+                       env=dict(base, XLA_FLAGS=f"{base.get('XLA_FLAGS', '')} "
+                                              "--xla_force_host_platform_device_count=2"))
   for p in processes:
     p.wait(timeout=600)
   for i, p in enumerate(processes):

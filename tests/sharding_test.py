@@ -37,7 +37,8 @@ print(json.dumps(out))
 
 
 def start_on(num_devices: int, workdir) -> subprocess.Popen:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                                    f"--xla_force_host_platform_device_count={num_devices}")
   return subprocess.Popen([sys.executable, "-c", SCRIPT, str(workdir),
                            os.path.dirname(__file__)], env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
