@@ -20,9 +20,7 @@ pytestmark = pytest.mark.slow
 
 NUM_STEPS = 200
 # Long enough (a few seconds of training on two cores) that the kills land inside
-# training, while a checkpoint is written, and inside the final evaluation; the
-# checkpoints are sparse (each costs a quarter second) but more than one lies ahead of
-# every kill, so each resume starts from a checkpoint after the first.
+# training, while a checkpoint is written, and inside the final evaluation.
 FLAGS = {
     "data.source": "folder", "data.num_validation": 2000, "data.max_unlabeled": 5000,
     "data.max_label_only": 5000, "data.labeled_batch_size": 50,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,6 @@ def _import_tensorboardx():
   benchmarks); we hand it NumPy. Marking torch absent for that one import makes its
   `import torch` fail as on a machine without it; a torch imported earlier is left be.
   """
-  import sys  # pylint: disable=g-import-not-at-top
   if "tensorboardX" in sys.modules or "torch" in sys.modules:
     import tensorboardX  # pylint: disable=g-import-not-at-top
     return tensorboardX
@@ -124,9 +124,8 @@ def tile_samples(x: np.ndarray, *, side: int = 28, gap: int = 0) -> np.ndarray:
   dimension k; each image followed by `gap` NaN rows and columns (drawn as background)."""
   k, m, _ = x.shape
   cell = side + gap
-  cells = np.full((k, m, cell, cell), np.nan, np.float32) if gap else None
-  if cells is None:
-    cells = x.reshape(k, m, side, side)
-  else:
-    cells[:, :, :side, :side] = x.reshape(k, m, side, side)
+  cells = x.reshape(k, m, side, side)
+  if gap:
+    cells = np.pad(cells.astype(np.float32), ((0, 0), (0, 0), (0, gap), (0, gap)),
+                   constant_values=np.nan)
   return cells.transpose(0, 2, 1, 3).reshape(k * cell, m * cell)

@@ -62,7 +62,7 @@ def inconsistency_figure(x: np.ndarray, model_digits: np.ndarray, path: str, *,
   """
   columns = min(columns, x.shape[1])
   fig, ax, step = _image_axes(x, columns, cell_inches=0.9, left_inches=2.2, gap=10,
-                                 top_inches=0.9)
+                                top_inches=0.9)
   for row in range(x.shape[0]):
     for col in range(columns):
       pred = int(model_digits[row, col])
