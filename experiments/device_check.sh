@@ -11,7 +11,8 @@
 #    in bfloat16 compute; each against the chip's datasheet peak (default: an H200's dense
 #    TF32 495 and bfloat16 989 TFLOP/s), with the PyTorch peer where torch has CUDA;
 # 4. trains the converged M2 benchmark: 5 label draws (seeds) at 100 and at 3000
-#    labels, each as one population, side by side, for what is left of LIMIT_S;
+#    labels, each as one population, side by side, for what is left of LIMIT_S, with
+#    m2_benchmark.py's recipe M2_RECIPE (default ours; jonemeth: his ssl-vae recipe);
 # and copies the logs, the benchmark's JSON and the runs' small files to OUT_DIR.
 # Carry .whl (pip download --only-binary=:all: ml_collections flax optax orbax-checkpoint
 # ... -d .whl) and .mnist (a copy of the MNIST IDX files) with the tree.
@@ -45,7 +46,7 @@ bench batch${big}_bf16 --populations=1 --labeled_batch=$big --unlabeled_batch=$b
   --compute_dtype=bfloat16 --peak_tflops="$peak16" --notorch
 m2_left=$(( $(left) - 60 ))
 for labels in 100 3000; do
-  python3 -m untapped_jax --config "experiments/configs/m2_benchmark.py:labels=$labels$runlocal" \
+  python3 -m untapped_jax --config "experiments/configs/m2_benchmark.py:labels=$labels,recipe=${M2_RECIPE:-ours}$runlocal" \
     --workdir "runs/m2_converged_gpu/labels_$labels" --config.num_seeds=5 \
     --config.train.num_steps=$m2_steps --config.train.time_limit_s=$((m2_left - 120)) \
     --config.train.eval_every=$((m2_steps < 5000 ? m2_steps : 5000)) --config.train.log_every=1000 \

@@ -11,6 +11,7 @@ import ml_collections
 import pytest
 
 from untapped_jax import configs
+from untapped_jax import objective
 from untapped_jax import sweep
 from untapped_jax.configs import default
 
@@ -84,7 +85,27 @@ def test_m2_benchmark_default_and_runlocal():
   assert c.data.max_unlabeled == 2000 and not c.train.progress_bar
 
 
+@pytest.mark.parametrize("labels,batches,per_labeled_weight", [(100, 100, 50.0),
+                                                                 (3000, 200, 5 / 3)])
+def test_m2_benchmark_jonemeth_recipe(labels, batches, per_labeled_weight):
+  # Against jonemeth's logged hparams (ssl-vae/logs/sslvae_1layer_mnist_*): num_batches,
+  # classification_weight per labeled example, 3000 epochs, Adam 3e-4 with L2 1/50,000.
+  c = m2_benchmark.get_config(f"labels={labels},recipe=jonemeth")
+  labeled, unlabeled = labels, 50000 - labels
+  assert (c.data.labeled_batch_size + c.data.unlabeled_batch_size) * batches == 50000
+  assert c.data.labeled_batch_size * batches == labeled
+  assert c.data.unlabeled_batch_size * batches == unlabeled
+  weights = objective.StreamWeights.from_sizes(
+      num_labeled=labeled, num_unlabeled=unlabeled, num_label_only=0,
+      classification_weight=c.objective.classification_weight, label_only_weight=0.0)
+  assert weights.classification == pytest.approx(per_labeled_weight)
+  assert c.train.num_steps == 3000 * batches
+  assert c.train.learning_rate == 3e-4 and c.train.weight_decay == pytest.approx(2e-5)
+  assert c.data.binarization == "none" and c.train.select_by == "final"
+
+
 @pytest.mark.parametrize("config,arg,named", [
+    (m2_benchmark, "recipe=kingma", "recipe='kingma'"),
     (m2_benchmark, "labels=250", "labels=250;"),
     (m2_benchmark, "labels=abc", "labels=abc: expected an int"),
     (m2_benchmark, "labels=0", "labels=0;"),

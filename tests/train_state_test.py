@@ -9,10 +9,10 @@ import pytest
 from untapped_jax import train_state
 
 
-def train_config(clip_global_norm=0.0, clip_value=0.0, lr=1e-3, eps=1e-4):
+def train_config(clip_global_norm=0.0, clip_value=0.0, lr=1e-3, eps=1e-4, weight_decay=0.0):
   return ml_collections.ConfigDict(dict(learning_rate=lr, adam_eps=eps,
                                         clip_global_norm=clip_global_norm,
-                                        clip_value=clip_value))
+                                        clip_value=clip_value, weight_decay=weight_decay))
 
 
 GRAD = {"a": np.array([[6.0, -8.0], [0.002, 0.0]]), "b": np.array([1e-4, -3e-4])}
@@ -43,8 +43,42 @@ def test_make_optimizer_first_update_by_hand(g, v):
     np.testing.assert_allclose(np.asarray(updates[k]), expected[k], rtol=1e-5, atol=1e-12)
 
 
-@pytest.mark.parametrize("key", ["clip_global_norm", "clip_value"])
-def test_negative_clip_raises(key):
+def test_weight_decay_is_torch_adams_coupled_l2():
+  # torch.optim.Adam(weight_decay=w) steps on g + w p: two steps worked out by hand, the
+  # second with Adam's bias-corrected moments of the two penalised gradients.
+  w, lr, eps, b1, b2 = 0.05, 1e-2, 1e-4, 0.9, 0.999
+  tx = train_state.make_optimizer(train_config(lr=lr, eps=eps, weight_decay=w))
+  p0 = {k: np.linspace(-2.0, 3.0, np.size(x)).reshape(np.shape(x)) for k, x in GRAD.items()}
+  params = {k: jnp.asarray(x, jnp.float32) for k, x in p0.items()}
+  grads = {k: jnp.asarray(x, jnp.float32) for k, x in GRAD.items()}
+  state = tx.init(params)
+  updates, state = tx.update(grads, state, params)
+  params1 = {k: params[k] + updates[k] for k in GRAD}
+  updates2, _ = tx.update(grads, state, params1)
+  for k in GRAD:
+    g1 = GRAD[k] + w * p0[k]
+    np.testing.assert_allclose(np.asarray(updates[k]), -lr * g1 / (np.abs(g1) + eps),
+                               rtol=1e-5, atol=1e-9)
+    p1 = p0[k] - lr * g1 / (np.abs(g1) + eps)
+    g2 = GRAD[k] + w * p1
+    m = ((1 - b1) * b1 * g1 + (1 - b1) * g2) / (1 - b1 ** 2)
+    v = ((1 - b2) * b2 * g1 ** 2 + (1 - b2) * g2 ** 2) / (1 - b2 ** 2)
+    np.testing.assert_allclose(np.asarray(updates2[k]), -lr * m / (np.sqrt(v) + eps),
+                               rtol=1e-4, atol=1e-9)
+
+
+def test_zero_weight_decay_adds_no_transformation():
+  # The optimizer state of runs from before the key existed keeps its structure.
+  params = {"a": jnp.zeros(2)}
+  with_key = train_state.make_optimizer(train_config(weight_decay=0.0)).init(params)
+  without = ml_collections.ConfigDict(dict(learning_rate=1e-3, adam_eps=1e-4,
+                                           clip_global_norm=0.0, clip_value=0.0))
+  assert (jax.tree.structure(with_key)
+          == jax.tree.structure(train_state.make_optimizer(without).init(params)))
+
+
+@pytest.mark.parametrize("key", ["clip_global_norm", "clip_value", "weight_decay"])
+def test_negative_setting_raises(key):
   with pytest.raises(ValueError, match=key):
     train_state.make_optimizer(train_config(**{key: -1.0}))
 

@@ -98,7 +98,9 @@ def set_replica(stacked: Any, index: int, tree: Any) -> Any:
 
 def make_optimizer(train_config) -> optax.GradientTransformation:
   """Adam (learning_rate, adam_eps) after optional clipping: the global norm to
-  clip_global_norm, then each element to [-clip_value, clip_value] (0: off).
+  clip_global_norm, then each element to [-clip_value, clip_value] (0: off), and an
+  optional L2 penalty: weight_decay * params added to the gradient before Adam's moments,
+  as torch.optim.Adam(weight_decay=...) does (coupled, not AdamW's decoupled decay).
 
   The learning rate lives in the optimizer state (optax.inject_hyperparams), so
   the replicas of a population can each have their own.
@@ -112,13 +114,18 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
       clips.append(clip(value))
   if not train_config.learning_rate > 0:
     raise ValueError(f"train.learning_rate={train_config.learning_rate}; expected > 0.")
+  weight_decay = train_config.get("weight_decay", 0.0)
+  if not weight_decay >= 0:
+    raise ValueError(f"train.weight_decay={weight_decay}; expected >= 0 (0: none).")
+  # 0 adds no transformation, so the checkpoints of runs without it keep their structure.
+  penalty = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
   # The schedule multiplies Adam's step rather than replacing the injected rate, so a
   # population's per-replica learning rates decay alike; 'constant' adds no state, so
   # its checkpoints keep their structure.
   decay = learning_rate_decay(train_config)
   tail = [optax.scale_by_schedule(decay)] if decay is not None else []
   adam = optax.inject_hyperparams(
-      lambda learning_rate: optax.chain(*clips, optax.adam(learning_rate,
+      lambda learning_rate: optax.chain(*clips, *penalty, optax.adam(learning_rate,
                                                             eps=train_config.adam_eps), *tail))
   return adam(learning_rate=train_config.learning_rate)
 

@@ -84,6 +84,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.lr_final_fraction = 0.0
   c.train.clip_global_norm = 0.0  # > 0: optax.clip_by_global_norm before Adam
   c.train.clip_value = 0.0  # > 0: then each gradient element clipped to [-v, v]
+  # > 0: weight_decay * params added to the gradient before Adam (torch.optim.Adam's L2)
+  c.train.weight_decay = 0.0
   c.train.log_every = 100
   c.train.eval_every = 1000
   c.train.eval_batch_size = 1000
