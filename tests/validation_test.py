@@ -97,3 +97,20 @@ def test_a_longer_rerun_under_a_cosine_schedule_is_another_experiment(tmp_path):
         run_dir.check_same_experiment(longer, str(workdir))
     else:
       run_dir.check_same_experiment(longer, str(workdir))
+
+
+def test_a_run_from_before_a_key_existed_is_the_same_experiment(tmp_path):
+  # config.json written before train.weight_decay existed: resuming it, or a sweep reading
+  # it as finished, must see the same experiment while the new key is at its default, and
+  # another experiment once it is not.
+  config = config_with()
+  saved = config.to_dict()
+  del saved["train"]["weight_decay"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  (tmp_path / "results.json").write_text("{}")
+  run_dir.check_same_experiment(config, str(tmp_path))
+  assert run_dir.is_finished(config, str(tmp_path))
+  decayed = config_with(**{"train.weight_decay": 1e-4})
+  with pytest.raises(ValueError, match=r"another config: \['train.weight_decay'\]"):
+    run_dir.check_same_experiment(decayed, str(tmp_path))
+  assert not run_dir.is_finished(decayed, str(tmp_path))

@@ -15,6 +15,7 @@ import tempfile
 import numpy as np
 
 from untapped_jax import configs as configs_lib
+from untapped_jax.configs import default as default_config
 from untapped_jax import models
 from untapped_jax import objective
 from untapped_jax import train_state as train_state_lib
@@ -74,7 +75,7 @@ def check_same_experiment(config, workdir: str) -> None:
   if not os.path.exists(path):
     return
   with open(path) as f:
-    old = configs_lib.flatten(json.load(f))
+    old = saved_config(json.load(f))
   new = configs_lib.flatten(json.loads(json.dumps(config.to_dict())))
   # Under a decaying learning rate the length is part of the schedule, so not a continuation.
   continuation = tuple(k for k in CONTINUATION_KEYS if k != "train.num_steps"
@@ -105,7 +106,17 @@ def is_finished(config, workdir: str) -> bool:
   if not all(os.path.exists(p) for p in paths):
     return False
   with open(paths[1]) as f:
-    return json.load(f) == json.loads(json.dumps(config.to_dict()))
+    return saved_config(json.load(f)) == configs_lib.flatten(
+        json.loads(json.dumps(config.to_dict())))
+
+
+def saved_config(saved: dict) -> dict:
+  """A run's config.json, flattened, with the keys added to the package since it was
+  written set to their defaults: a key that did not exist then ran as its default does
+  now (train.weight_decay 0, say), so an older run stays the same experiment."""
+  flat = configs_lib.flatten(saved)
+  defaults = configs_lib.flatten(json.loads(json.dumps(default_config.get_config().to_dict())))
+  return {**{k: v for k, v in defaults.items() if k not in flat}, **flat}
 
 
 class RunFolderUnwritable(RuntimeError):
