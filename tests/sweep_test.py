@@ -164,7 +164,7 @@ def test_poster_headline_sweep_has_ten_seeds_per_variant():
 
 
 @pytest.mark.parametrize("name", ["compare", "screen", "headline", "headline_cpu", "lambda",
-                                  "qx_ladder,prior=runs/prior", "claim"])
+                                  "qx_ladder,prior=runs/prior", "claim", "winner"])
 def test_every_poster_point_applies(name):
   base = poster.get_config()
   for point in sweep.load_points(f"{POSTER}:sweep={name}"):
@@ -174,6 +174,18 @@ def test_every_poster_point_applies(name):
       for part in key.split(".")[1:]:
         target = target[part]
       assert target == value, (key, value)
+
+
+def test_winner_sweep_is_m2_at_alpha_1_against_class_balance_at_alpha_0_3():
+  points = sweep.load_points(f"{POSTER}:sweep=winner,seeds=2")
+  assert [(p["config.seed"], p["config.model_name"],
+           p["config.objective.classification_weight"]) for p in points] == [
+      (0, "m2", 1.0), (0, "untapped", 0.3), (1, "m2", 1.0), (1, "untapped", 0.3)]
+  untapped = [p for p in points if p["config.model_name"] == "untapped"]
+  assert all(p["config.objective.label_only"] == "class_balance"
+             and p["config.objective.label_only_weight"] == 3.0 for p in untapped)
+  assert all(p["config.objective.label_only_weight"] == 0.0 for p in points
+             if p["config.model_name"] == "m2")
 
 
 def test_lambda_sweep_is_objective_major_one_population_per_objective():
