@@ -40,6 +40,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "", "Scratch folder (default: a tempor
                                "removed at the end).")
 _JSON = flags.DEFINE_bool("json", False, "End with one JSON line of the figures.")
 PHASES = ("cold", "warm", "off")
+_PHASES = flags.DEFINE_list("phases", list(PHASES), "Which of cold, warm, off to run, in "
+                            "that order ('warm' reads the cache that 'cold' wrote).")
 
 
 def config_argv() -> list[str]:
@@ -75,15 +77,26 @@ def run_once(phase: str, scratch: str) -> dict[str, float]:
           "outside_s": wall - timing["process_s"], "num_steps": steps}
 
 
+def phases() -> list[str]:
+  """The --phases asked for, in PHASES' order; a bad list is one line before any run."""
+  asked = list(_PHASES.value)
+  if not asked or any(p not in PHASES for p in asked) or ("warm" in asked
+                                                         and "cold" not in asked):
+    raise app.UsageError(f"--phases={','.join(asked)}; expected a non-empty subset of "
+                         f"{','.join(PHASES)}, with cold wherever warm is.")
+  return [p for p in PHASES if p in asked]
+
+
 def main(argv):
   del argv
+  chosen = phases()
   scratch = _WORKDIR.value or tempfile.mkdtemp(prefix="untapped_startup_")
   try:
-    figures = {phase: run_once(phase, scratch) for phase in PHASES}
+    figures = {phase: run_once(phase, scratch) for phase in chosen}
   finally:
     if not _WORKDIR.value:
       shutil.rmtree(scratch, ignore_errors=True)
-  print(f"config: {' '.join(config_argv())}, {figures['cold']['num_steps']} steps")
+  print(f"config: {' '.join(config_argv())}, {figures[chosen[0]]['num_steps']} steps")
   print("| compilation cache | process s | start-up s | first step s (compiles) "
         "| rest of training s (ms/step) | final evaluation s | interpreter start and exit s |")
   print("|---|---|---|---|---|---|---|")

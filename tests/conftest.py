@@ -15,6 +15,23 @@ import os
 import jax
 import pytest
 
+# XLA's CPU backend without LLVM's optimisation passes: most of the suite's time is
+# compiling many small programs once each, not running them (about a fifth of the time
+# of a compile-heavy third of the suite). The programs compute the same operations; every
+# comparison of bytes in the suite is between runs under these same flags, and the
+# numerical tests compare against independent references with tolerances.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def pytest_configure(config):
+  """Before collection imports anything that starts XLA; subprocesses inherit it.
+  UNTAPPED_TEST_XLA_FLAGS=default keeps XLA's own optimisation level."""
+  del config
+  if os.environ.get("UNTAPPED_TEST_XLA_FLAGS", "") != "default":
+    flags = os.environ.get("XLA_FLAGS", "")
+    if TEST_XLA_FLAGS not in flags:
+      os.environ["XLA_FLAGS"] = f"{flags} {TEST_XLA_FLAGS}".strip()
+
 
 @pytest.fixture(scope="session", autouse=True)
 def session_caches(tmp_path_factory):
