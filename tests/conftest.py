@@ -33,6 +33,14 @@ def pytest_configure(config):
       os.environ["XLA_FLAGS"] = f"{flags} {TEST_XLA_FLAGS}".strip()
 
 
+def pytest_collection_modifyitems(session, config, items):
+  """The slow tests (whole runs and processes) first, in their files' order: under
+  pytest-xdist's work stealing a long test that starts last holds one core while the
+  other idles, so the long ones go early and the many short ones fill in at the end."""
+  del session, config
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def session_caches(tmp_path_factory):
   base = tmp_path_factory.getbasetemp()
