@@ -33,20 +33,6 @@ def pytest_configure(config):
       os.environ["XLA_FLAGS"] = f"{flags} {TEST_XLA_FLAGS}".strip()
 
 
-def pytest_collection_modifyitems(session, config, items):
-  """Each half of the collection starts with half of the slow tests (whole runs and
-  processes). pytest-xdist's work stealing gives worker i the i-th contiguous half and
-  idle workers steal from the end of a busy one's queue; a long test that starts last
-  holds one core while the other idles, so the long ones go at the front of both halves
-  (alternating, in their files' order) and the short ones are what gets stolen."""
-  del session, config
-  slow = [item for item in items if item.get_closest_marker("slow") is not None]
-  fast = [item for item in items if item.get_closest_marker("slow") is None]
-  first, second = slow[0::2], slow[1::2]
-  cut = max(len(items) // 2 - len(first), 0)
-  items[:] = first + fast[:cut] + second + fast[cut:]
-
-
 @pytest.fixture(scope="session", autouse=True)
 def session_caches(tmp_path_factory):
   base = tmp_path_factory.getbasetemp()
