@@ -1,0 +1,65 @@
+"""experiments/m2_learning_curve.py: a run's validation curve beside the published ones."""
+
+import json
+import subprocess
+import sys
+
+from repo_files import REPO
+from repo_files import load_module
+
+learning_curve = load_module(REPO / "experiments" / "m2_learning_curve.py")
+SCRIPT = str(REPO / "experiments" / "m2_learning_curve.py")
+
+
+def write_metrics(run_dir, records):
+  run_dir.mkdir(parents=True, exist_ok=True)
+  (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_keeps_only_the_evaluations(tmp_path):
+  # As train.py writes them: a record every log_every steps, validation on some of them.
+  write_metrics(tmp_path / "run", [
+      {"step": 100, "unlabeled_epochs": 1.0, "train/loss": 3.0},
+      {"step": 200, "unlabeled_epochs": 2.0, "validation/accuracy": 0.5,
+       "validation/unlabeled_bound": -120.0, "train/loss": 2.0},
+      {"step": 300, "unlabeled_epochs": 3.0, "train/loss": 1.5},
+      {"step": 400, "unlabeled_epochs": 4.0, "validation/accuracy": 0.6},
+  ])
+  curve = learning_curve.read_curve(str(tmp_path / "run"))
+  assert [(p["step"], p["unlabeled_epochs"], p["validation_accuracy"]) for p in curve] == [
+      (200, 2.0, 0.5), (400, 4.0, 0.6)]
+  assert "train_loss" not in curve[0]
+  assert curve[0]["validation_unlabeled_bound"] == -120.0
+
+
+def test_writes_the_figure_and_the_curves_with_the_published_points(tmp_path):
+  write_metrics(tmp_path / "run", [
+      {"step": 1000, "unlabeled_epochs": 10.0, "validation/accuracy": 0.4655},
+      {"step": 2000, "unlabeled_epochs": 20.0, "validation/accuracy": 0.5118}])
+  out_png, out_json = tmp_path / "curve.png", tmp_path / "curve.json"
+  assert learning_curve.main(["--labels", "100", "--out_png", str(out_png), "--out_json",
+                              str(out_json), f"seed 0={tmp_path / 'run'}"]) == 0
+  assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  saved = json.loads(out_json.read_text())
+  assert [p["validation_accuracy"] for p in saved["ours"]["seed 0"]] == [0.4655, 0.5118]
+  # jonemeth's log: 93.19% validation and 92.85% test after 3000 epochs at 100 labels.
+  assert saved["published"]["jonemeth validation"]["3000"] == 0.9319
+  assert saved["published"]["jonemeth test"]["3000"] == 0.9285
+
+
+def test_a_folder_without_metrics_is_named_and_nothing_is_written(tmp_path):
+  (tmp_path / "empty").mkdir()
+  out = tmp_path / "curve.png"
+  result = subprocess.run([sys.executable, SCRIPT, "--labels", "100", "--out_png", str(out),
+                           f"x={tmp_path / 'empty'}"], capture_output=True, text=True)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and "empty" in lines[0] and "metrics.jsonl" in lines[0]
+  assert not out.exists() and list(tmp_path.iterdir()) == [tmp_path / "empty"]
+
+
+def test_a_run_without_validation_is_refused(tmp_path):
+  write_metrics(tmp_path / "run", [{"step": 100, "unlabeled_epochs": 1.0, "train/loss": 3.0}])
+  assert learning_curve.main(["--labels", "3000", "--out_png", str(tmp_path / "c.png"),
+                              f"x={tmp_path / 'run'}"]) == 2
+  assert not (tmp_path / "c.png").exists()
