@@ -111,8 +111,10 @@ def time_calls(fn, steps: int) -> float:
   return (time.perf_counter() - start) / steps
 
 
-def measure_jax(model_name: str, num_replicas: int, *, unlabeled_batch, steps, tiny,
-                labeled_batch=-1, compute_dtype="float32", **_):
+def step_and_inputs(model_name: str, num_replicas: int, *, unlabeled_batch, tiny,
+                    labeled_batch=-1, compute_dtype="float32"):
+  """(config, the jitted train step, its arguments (state, batch, numbers, images)): S
+  replicas of the default networks on one synthetic batch already on the device."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from untapped_jax import objective  # pylint: disable=g-import-not-at-top
@@ -131,13 +133,21 @@ def measure_jax(model_name: str, num_replicas: int, *, unlabeled_batch, steps, t
       0, 256, (5000, config.model.num_pixels), dtype=np.uint8))
   batch = jax.device_put(synthetic_batch(config, num_replicas, len(images)))
   step = train.make_train_step(config, graphdef, tx)
-  compiled = step.lower(state, batch, numbers, images).compile()
+  return config, step, (state, batch, numbers, images)
+
+
+def measure_jax(model_name: str, num_replicas: int, *, unlabeled_batch, steps, tiny,
+                labeled_batch=-1, compute_dtype="float32", **_):
+  config, step, (state, *inputs) = step_and_inputs(
+      model_name, num_replicas, unlabeled_batch=unlabeled_batch, tiny=tiny,
+      labeled_batch=labeled_batch, compute_dtype=compute_dtype)
+  compiled = step.lower(state, *inputs).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   holder = {"state": state}
 
   def call():
-    holder["state"], metrics = step(holder["state"], batch, numbers, images)
+    holder["state"], metrics = step(holder["state"], *inputs)
     return metrics["loss"]
 
   seconds = time_calls(call, steps)
@@ -146,8 +156,9 @@ def measure_jax(model_name: str, num_replicas: int, *, unlabeled_batch, steps, t
           "unlabeled_per_step": config.data.unlabeled_batch_size * num_replicas}
 
 
-def measure_torch(compile_step: bool, *, unlabeled_batch, steps, tiny, labeled_batch=-1,
-                  **_):
+def torch_step_and_inputs(compile_step: bool, *, unlabeled_batch, tiny, labeled_batch=-1):
+  """(config, run) for benchmarks/torch_m2.py's M2 on one synthetic batch: run(n) takes
+  n Adam steps, waits for the device and returns the last loss."""
   import torch  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import torch_m2  # pylint: disable=g-import-not-at-top
@@ -164,16 +175,28 @@ def measure_torch(compile_step: bool, *, unlabeled_batch, steps, tiny, labeled_b
   xl, xu = binary(d.labeled_batch_size), binary(d.unlabeled_batch_size)
   yl = torch.nn.functional.one_hot(torch.randint(0, m.num_classes, (len(xl),), device=device),
                                    m.num_classes).float()
-  for _ in range(3):  # torch.compile compiles on the first calls
-    step(xl, yl, xu)
-  sync()
+
+  def run(n: int) -> float:
+    for _ in range(n):
+      loss = step(xl, yl, xu)
+    sync()
+    return float(loss)
+
+  return config, run
+
+
+def measure_torch(compile_step: bool, *, unlabeled_batch, steps, tiny, labeled_batch=-1,
+                  **_):
+  import torch  # pylint: disable=g-import-not-at-top
+  config, run = torch_step_and_inputs(compile_step, unlabeled_batch=unlabeled_batch,
+                                      tiny=tiny, labeled_batch=labeled_batch)
+  run(3)  # torch.compile compiles on the first calls
   start = time.perf_counter()
-  for _ in range(steps):
-    step(xl, yl, xu)
-  sync()
+  run(steps)
   seconds = (time.perf_counter() - start) / steps
   return {"seconds": seconds, "useful_flops": 3 * useful_forward_flops(config),
-          "unlabeled_per_step": d.unlabeled_batch_size, "threads": torch.get_num_threads()}
+          "unlabeled_per_step": config.data.unlabeled_batch_size,
+          "threads": torch.get_num_threads()}
 
 
 def measure_matmul(*, steps, matmul_size=1024, compute_dtype="float32", **_):

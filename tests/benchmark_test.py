@@ -36,6 +36,31 @@ def test_throughput_tiny_prints_the_table_and_every_json_key():
 
 
 @pytest.mark.slow
+def test_paired_steps_compiles_each_variant_and_trains_the_same_losses():
+  variants = {"xla_default": {}, "no_ynnpack": {"xla_cpu_experimental_ynn_fusion_type": ""}}
+  script = [sys.executable, str(REPO / "benchmarks" / "paired_steps.py"), "--tiny", "--json",
+            "--rounds=2", "--calls=2", "--notorch"]
+  proc = subprocess.run(script + ["--variants=" + json.dumps(variants)],
+                        capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  figures = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert figures["steps_per_entry"] == 2 * (2 + 2) and figures["torch_threads"] is None
+  first, second = figures["entries"]["xla_default"], figures["entries"]["no_ynnpack"]
+  assert first["paired_ratio_to_first"] == 1.0 and second["paired_ratio_to_first"] > 0
+  assert second["options"] == variants["no_ynnpack"]
+  # Eight Adam steps from one state on one batch: other kernels, the same maths.
+  assert second["final_loss"] == pytest.approx(first["final_loss"], rel=1e-5)
+  assert "| no_ynnpack |" in proc.stdout
+  # An option XLA does not know: one line naming the variant, exit 2, no table.
+  refused = {"xla_default": {}, "refused": {"xla_cpu_no_such_option": "1"}}
+  proc = subprocess.run(script + ["--variants=" + json.dumps(refused)], capture_output=True,
+                        text=True, timeout=600, cwd=REPO)
+  assert proc.returncode == 2 and "| variant |" not in proc.stdout
+  message = proc.stderr.strip().splitlines()[-1]
+  assert "'refused'" in message and "xla_cpu_no_such_option" in message
+
+
+@pytest.mark.slow
 def test_startup_runs_its_processes_and_reads_their_timing(tmp_path):
   # Two tiny real runs, an empty compilation cache and the one it wrote (synthetic MNIST
   # where the real one is not given): the table's rows and every figure read from each

@@ -1,0 +1,175 @@
+r"""Train steps timed in turns in one process: JAX under several XLA option sets, and PyTorch.
+
+  python benchmarks/paired_steps.py [--model m2] [--unlabeled_batch 200] [--rounds 8] [--json]
+  python benchmarks/paired_steps.py --notorch --variants '{"default": {}, "no_ynnpack":
+      {"xla_cpu_experimental_ynn_fusion_type": ""}}'
+
+This machine's speed drifts within minutes (one M2 step measured 94 to 129 ms in one hour,
+docs/benchmarks.md), so figures from separate processes, as throughput.py's, also compare
+the host's moments. Here everything runs in one process and takes turns: in each of
+--rounds rounds, each entry runs 2 untimed and --calls timed steps, and its ratio to the
+first entry is taken round by round (paired); medians are printed. The entries:
+  - each JAX variant: the same lowered train step compiled with its options as XLA's
+    compile options (the debug options XLA_FLAGS would set; enum values by name, e.g.
+    LIBRARY_FUSION_TYPE_DOT). Every variant trains its own copy of one state on one batch,
+    so after the same steps their losses differ only by float rounding: the table shows
+    the largest relative difference from the first, so an option that changed the maths
+    would show;
+  - torch_eager and torch_compile (--model m2, with torch installed): throughput.py's
+    PyTorch peer on the same batch sizes.
+A short sleep between turns lets the other runtime's worker threads stop spinning. Timings
+only; nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# On the CPU: XLA's default sends dots, reductions and some elementwise fusions to
+# YNNPACK; the others keep only the GEMMs in a library, or none.
+CPU_VARIANTS = {
+    "xla_default": {},
+    "no_ynnpack": {"xla_cpu_experimental_ynn_fusion_type": ""},
+    "ynnpack_dots_only": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+    "xnnpack_dots": {"xla_cpu_experimental_ynn_fusion_type": "",
+                     "xla_cpu_experimental_xnn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+    "onednn_dots": {"xla_cpu_experimental_ynn_fusion_type": "",
+                    "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+}
+TORCH_ENTRIES = ("torch_eager", "torch_compile")
+PAUSE_S = 0.2
+
+_MODEL = flags.DEFINE_enum("model", "m2", ["m2", "untapped"], "Whose train step.")
+_ROUNDS = flags.DEFINE_integer("rounds", 8, "Rounds of turns.")
+_CALLS = flags.DEFINE_integer("calls", 5, "Timed steps per entry and round.")
+_VARIANTS = flags.DEFINE_string("variants", "", "JSON {name: {option: value}}; the first "
+                                "is the reference (default: CPU_VARIANTS).")
+# --unlabeled_batch, --labeled_batch, --tiny, --json and --torch are throughput.py's flags.
+_UNLABELED, _LABELED, _TINY, _JSON, _TORCH = (
+    throughput._UNLABELED, throughput._LABELED, throughput._TINY,  # pylint: disable=protected-access
+    throughput._JSON, throughput._TORCH)  # pylint: disable=protected-access
+
+
+def parse_variants(text: str) -> dict[str, dict[str, str]]:
+  """{name: {XLA option: value}} from --variants' JSON; names what is wrong."""
+  if not text:
+    return CPU_VARIANTS
+  try:
+    variants = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"--variants={text!r} is not JSON ({e}); expected "
+                     '{"name": {"xla_option": "value"}, ...}.') from e
+  if not isinstance(variants, dict) or not variants or not all(
+      isinstance(v, dict) for v in variants.values()):
+    raise ValueError(f"--variants={text!r}: expected a non-empty JSON object of "
+                     '{"name": {"xla_option": "value"}}.')
+  clash = sorted(set(variants) & set(TORCH_ENTRIES))
+  if clash:
+    raise ValueError(f"--variants names {clash}, the PyTorch entries' names; rename them.")
+  return {name: {k: str(v) for k, v in options.items()} for name, options in variants.items()}
+
+
+def jax_runners(variants, *, model, unlabeled_batch, labeled_batch, tiny):
+  """({name: run}, {name: compile seconds}); run(n) takes n steps, returns the last loss."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  _, step, (state, *inputs) = throughput.step_and_inputs(
+      model, 1, unlabeled_batch=unlabeled_batch, labeled_batch=labeled_batch, tiny=tiny)
+  lowered = step.lower(state, *inputs)
+  runners, compile_s = {}, {}
+  for name, options in variants.items():
+    start = time.perf_counter()
+    try:
+      compiled = lowered.compile(compiler_options=options or None)
+    except Exception as e:  # pylint: disable=broad-except  (XLA's own error for a bad option)
+      raise ValueError(f"variant {name!r} ({options}): XLA refused it: "
+                       f"{str(e).splitlines()[0]}") from e
+    compile_s[name] = time.perf_counter() - start
+    holder = {"state": jax.tree.map(lambda a: a.copy(), state)}
+
+    def run(n, fn=compiled, holder=holder):
+      for _ in range(n):
+        holder["state"], metrics = fn(holder["state"], *inputs)
+      return float(np.asarray(jax.block_until_ready(metrics)["loss"]).reshape(-1)[0])
+
+    runners[name] = run
+  return runners, compile_s
+
+
+def compare(runners: dict, *, rounds: int, calls: int) -> dict[str, dict]:
+  """Per entry: median and min ms per step, the median paired ratio to the first entry,
+  and the last loss."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  ms = {name: [] for name in runners}
+  loss = {}
+  for _ in range(rounds):
+    for name, run in runners.items():
+      time.sleep(PAUSE_S)
+      run(2)
+      start = time.perf_counter()
+      loss[name] = run(calls)
+      ms[name].append((time.perf_counter() - start) / calls * 1e3)
+  reference = np.asarray(ms[next(iter(runners))])
+  return {name: {"median_ms": float(np.median(t)), "min_ms": float(np.min(t)),
+                 "paired_ratio_to_first": float(np.median(np.asarray(t) / reference)),
+                 "final_loss": loss[name]} for name, t in ms.items()}
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    variants = parse_variants(_VARIANTS.value)
+    runners, compile_s = jax_runners(variants, model=_MODEL.value,
+                                     unlabeled_batch=_UNLABELED.value,
+                                     labeled_batch=_LABELED.value, tiny=_TINY.value)
+  except ValueError as e:
+    print(f"paired_steps: {e}", file=sys.stderr)
+    sys.exit(2)
+  if _TORCH.value and _MODEL.value == "m2" and throughput.torch_available():
+    import torch  # pylint: disable=g-import-not-at-top
+    for name in TORCH_ENTRIES:
+      _, runners[name] = throughput.torch_step_and_inputs(
+          name == "torch_compile", unlabeled_batch=_UNLABELED.value, tiny=_TINY.value,
+          labeled_batch=_LABELED.value)
+      start = time.perf_counter()
+      runners[name](3)  # torch.compile compiles on the first calls
+      compile_s[name] = time.perf_counter() - start
+    threads = torch.get_num_threads()
+  else:
+    threads = None
+  figures = compare(runners, rounds=_ROUNDS.value, calls=_CALLS.value)
+  first = next(iter(variants))
+  for name, f in figures.items():
+    f["compile_s"] = compile_s[name]
+    if name in variants:
+      f["options"] = variants[name]
+      f["loss_relative_difference"] = (abs(f["final_loss"] - figures[first]["final_loss"])
+                                       / abs(figures[first]["final_loss"]))
+  out = {"device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
+         "model": _MODEL.value, "torch_threads": threads,
+         "steps_per_entry": _ROUNDS.value * (2 + _CALLS.value), "entries": figures}
+  print(f"{_MODEL.value} step on {out['device']}, {out['steps_per_entry']} steps per entry "
+        f"in turns (PyTorch threads: {threads})")
+  print("| entry | median ms / step | min | paired ratio to the first | compile s "
+        "| loss, relative difference from the first |")
+  print("|---|---|---|---|---|---|")
+  for name, f in figures.items():
+    difference = f"{f['loss_relative_difference']:.1e}" if name in variants else "other init"
+    print(f"| {name} | {f['median_ms']:.1f} | {f['min_ms']:.1f} | "
+          f"{f['paired_ratio_to_first']:.3f} | {f['compile_s']:.1f} | {difference} |")
+  if _JSON.value:
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  app.run(main)
