@@ -76,7 +76,7 @@ def check_same_experiment(config, workdir: str) -> None:
     return
   with open(path) as f:
     old = saved_config(json.load(f))
-  new = configs_lib.flatten(json.loads(json.dumps(config.to_dict())))
+  new = flat_config(config)
   # Under a decaying learning rate the length is part of the schedule, so not a continuation.
   continuation = tuple(k for k in CONTINUATION_KEYS if k != "train.num_steps"
                        or new.get("train.lr_schedule", "constant") == "constant")
@@ -106,8 +106,12 @@ def is_finished(config, workdir: str) -> bool:
   if not all(os.path.exists(p) for p in paths):
     return False
   with open(paths[1]) as f:
-    return saved_config(json.load(f)) == configs_lib.flatten(
-        json.loads(json.dumps(config.to_dict())))
+    return saved_config(json.load(f)) == flat_config(config)
+
+
+def flat_config(config) -> dict:
+  """`config` flattened as its config.json reads back (tuples as lists): {"train.lr": ...}."""
+  return configs_lib.flatten(json.loads(json.dumps(config.to_dict())))
 
 
 def saved_config(saved: dict) -> dict:
@@ -115,7 +119,7 @@ def saved_config(saved: dict) -> dict:
   written set to their defaults: a key that did not exist then ran as its default does
   now (train.weight_decay 0, say), so an older run stays the same experiment."""
   flat = configs_lib.flatten(saved)
-  defaults = configs_lib.flatten(json.loads(json.dumps(default_config.get_config().to_dict())))
+  defaults = flat_config(default_config.get_config())
   return {**{k: v for k, v in defaults.items() if k not in flat}, **flat}
 
 
