@@ -94,6 +94,39 @@ def test_normal_kernel_init_on_a_full_size_model():
   assert lecun.std() == pytest.approx(1 / np.sqrt(784), rel=0.03)
 
 
+def test_torch_linear_init_is_pytorchs_uniform_at_each_layers_fan_in():
+  # nn.Linear(fan_in, out).reset_parameters(): weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+  # so each has standard deviation 1/sqrt(3 fan_in). The encoder's first layer is one
+  # nn.Linear over [x, y] in PyTorch: both of our halves use its fan-in 784 + 10.
+  from untapped_jax.configs import default
+  c = default.get_config().model
+  c.kernel_init = "torch_linear"
+  model = models.build(c, seed=0)
+  layers = {
+      "classifier 784->500": (model.classifier.net.layers[0], 784),
+      "classifier 500->10": (model.classifier.net.layers[1], 500),
+      "encoder x": (model.encoder.from_x, 794),
+      "encoder y": (model.encoder.from_y, 794),
+      "encoder 500->100": (model.encoder.net.layers[0], 500),
+      "decoder 60->500": (model.decoder.net.layers[0], 60),
+      "decoder 500->784": (model.decoder.net.layers[1], 500),
+  }
+  for name, (layer, fan_in) in layers.items():
+    params = [np.asarray(layer.kernel[...])]
+    if layer.bias is not None:
+      params.append(np.asarray(layer.bias[...]))
+    for p in params:
+      bound = 1 / np.sqrt(fan_in)
+      assert np.abs(p).max() <= bound, name
+      # A uniform sample's std has relative standard error sqrt((9/5 - 1) / (4 n)): 4 of them.
+      assert p.std() == pytest.approx(bound / np.sqrt(3), rel=4 * np.sqrt(0.2 / p.size)), name
+      assert np.abs(p).max() > 0.9 * bound, name
+  assert model.encoder.from_y.bias is None
+  # The other initialisers keep flax's zero biases.
+  c.kernel_init = "lecun_normal"
+  np.testing.assert_array_equal(np.asarray(models.build(c, seed=0).decoder.net.layers[0].bias[...]), 0.0)
+
+
 @pytest.mark.parametrize("name", ["glorot", "Normal"])
 def test_unknown_kernel_init_is_named(name):
   with pytest.raises(ValueError, match=repr(name)):

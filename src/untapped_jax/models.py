@@ -7,6 +7,7 @@ the bounds are written per example and vmapped.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Sequence
 
 from flax import nnx
@@ -45,16 +46,43 @@ def activation_fn(name: str):
   return ACTIVATIONS[name]
 
 
-KERNEL_INITS = ("lecun_normal", "normal")
+KERNEL_INITS = ("lecun_normal", "normal", "torch_linear")
+
+
+class TorchLinearInit:
+  """PyTorch's nn.Linear default: kernel and bias each U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+  fan_in the layer's input width (jonemeth's ssl-vae, any PyTorch M2). Unlike flax's
+  initializers it needs the fan-in of the layer as PyTorch sees it, which for the encoder's
+  split first layer is D + K, not the width of each half."""
+
+  def __call__(self, fan_in: int) -> dict:
+    bound = 1.0 / math.sqrt(fan_in)
+    uniform = functools.partial(_uniform, bound=bound)
+    return {"kernel_init": uniform, "bias_init": uniform}
+
+
+def _uniform(key, shape, dtype=jnp.float32, *, bound: float):
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 def kernel_initializer(name: str = "lecun_normal", stddev: float = 1e-3):
-  """flax's default (LeCun normal) or N(0, stddev^2), as the authors' Theano code."""
+  """flax's default (LeCun normal), N(0, stddev^2) as the authors' Theano code, or
+  PyTorch's nn.Linear default (a TorchLinearInit, which sets the biases too)."""
   if name == "lecun_normal":
     return nnx.initializers.lecun_normal()
   if name == "normal":
     return functools.partial(_scaled_normal, stddev=stddev)
+  if name == "torch_linear":
+    return TorchLinearInit()
   raise ValueError(f"model.kernel_init={name!r}; expected one of {KERNEL_INITS}.")
+
+
+def _linear_inits(kernel_init, fan_in: int) -> dict:
+  """nnx.Linear's initializer arguments for a layer of `fan_in` inputs: a TorchLinearInit
+  sets kernel and bias; any other initializer the kernel (flax's zero biases)."""
+  if isinstance(kernel_init, TorchLinearInit):
+    return kernel_init(fan_in)
+  return {"kernel_init": kernel_init or kernel_initializer()}
 
 
 def _scaled_normal(key, shape, dtype=jnp.float32, *, stddev: float):
@@ -87,9 +115,8 @@ class MLP(nnx.Module):
   def __init__(self, din: int, hidden: Sequence[int], dout: int, *, activation: str,
                rngs: nnx.Rngs, kernel_init=None, dtype=None):
     sizes = [din, *hidden, dout]
-    init = kernel_init or kernel_initializer()
-    self.layers = nnx.List([nnx.Linear(a, b, kernel_init=init, rngs=rngs, dtype=dtype,
-                                       param_dtype=jnp.float32)
+    self.layers = nnx.List([nnx.Linear(a, b, **_linear_inits(kernel_init, a), rngs=rngs,
+                                       dtype=dtype, param_dtype=jnp.float32)
                             for a, b in zip(sizes, sizes[1:])])
     self.activation = activation_fn(activation)
 
@@ -124,11 +151,13 @@ class Encoder(nnx.Module):
                kernel_init=None, dtype=None):
     if not hidden:
       raise ValueError("model.hidden=(): the encoder needs at least one hidden layer.")
-    init = kernel_init or kernel_initializer()
-    self.from_x = nnx.Linear(num_pixels, hidden[0], kernel_init=init, rngs=rngs, dtype=dtype,
+    # One layer over [x, y] split in two: both halves are initialised at its fan-in.
+    inits = _linear_inits(kernel_init, num_pixels + num_classes)
+    self.from_x = nnx.Linear(num_pixels, hidden[0], **inits, rngs=rngs, dtype=dtype,
                              param_dtype=jnp.float32)
-    self.from_y = nnx.Linear(num_classes, hidden[0], use_bias=False, kernel_init=init,
-                             rngs=rngs, dtype=dtype, param_dtype=jnp.float32)
+    self.from_y = nnx.Linear(num_classes, hidden[0], use_bias=False,
+                             kernel_init=inits["kernel_init"], rngs=rngs, dtype=dtype,
+                             param_dtype=jnp.float32)
     self.activation = activation_fn(activation)
     self.net = MLP(hidden[0], hidden[1:], 2 * latent_dim, activation=activation, rngs=rngs,
                    kernel_init=kernel_init, dtype=dtype)

@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.latent_dim = 50
   c.model.hidden = (500,)
   c.model.activation = "softplus"
-  c.model.kernel_init = "lecun_normal"  # 'lecun_normal' (flax's) | 'normal'
+  c.model.kernel_init = "lecun_normal"  # 'lecun_normal' (flax's) | 'normal' | 'torch_linear'
   c.model.init_stddev = 1e-3  # kernel_init='normal' only: N(0, init_stddev^2)
   # What the layers compute in: 'float32', or 'bfloat16' (parameters, optimizer and the
   # bounds' sums stay float32; docs/benchmarks.md says how far it moves the bounds).
