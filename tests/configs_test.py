@@ -89,7 +89,8 @@ def test_m2_benchmark_default_and_runlocal():
                                                                  (3000, 200, 5 / 3)])
 def test_m2_benchmark_jonemeth_recipe(labels, batches, per_labeled_weight):
   # Against jonemeth's logged hparams (ssl-vae/logs/sslvae_1layer_mnist_*): num_batches,
-  # classification_weight per labeled example, 3000 epochs, Adam 3e-4 with L2 1/50,000.
+  # classification_weight per labeled example, 3000 epochs, Adam 3e-4 with L2 1/50,000;
+  # ssl-vae/models/mlp.py keeps torch.nn.Linear's own initialisation.
   c = m2_benchmark.get_config(f"labels={labels},recipe=jonemeth")
   labeled, unlabeled = labels, 50000 - labels
   assert (c.data.labeled_batch_size + c.data.unlabeled_batch_size) * batches == 50000
@@ -102,6 +103,7 @@ def test_m2_benchmark_jonemeth_recipe(labels, batches, per_labeled_weight):
   assert c.train.num_steps == 3000 * batches
   assert c.train.learning_rate == 3e-4 and c.train.weight_decay == pytest.approx(2e-5)
   assert c.data.binarization == "none" and c.train.select_by == "final"
+  assert c.model.kernel_init == "torch_linear"
 
 
 @pytest.mark.parametrize("config,arg,named", [

@@ -19,6 +19,8 @@ ssl-vae, one layer: 92.85% at 100 labels, 97.08% at 3000): Kingma's alpha 0.1, e
 of the 50,000 training images split into 100 batches (100 labels: 1 labeled + 499
 unlabeled) or 200 (other counts: 3000 labels gives 15 + 235), Adam at 3e-4 with
 torch's coupled L2 of 1/50,000, grey-level pixels as Bernoulli targets (no binarisation),
+PyTorch's default initialisation (model.kernel_init='torch_linear': at 10 epochs, seed 0,
+validation accuracy 59.1% with it against 46.6% with flax's LeCun normal; theirs 60.8%),
 3000 epochs, the test accuracy of the last parameters. Its published curve at 100 labels
 is slow: 57.5% after 10 epochs, 60.7% after 100, 70.2% after 400, 88.7% after 1,400.
 """
@@ -56,6 +58,7 @@ def set_jonemeth_recipe(c, labels: int, epochs: int = 3000):
   c.data.labeled_batch_size = labels // steps_per_epoch
   c.data.unlabeled_batch_size = (NUM_TRAINING_IMAGES - labels) // steps_per_epoch
   c.data.binarization = "none"
+  c.model.kernel_init = "torch_linear"
   c.objective.classification_weight = 0.1
   c.train.learning_rate = 3e-4
   c.train.weight_decay = 1.0 / NUM_TRAINING_IMAGES
