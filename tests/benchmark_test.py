@@ -8,6 +8,11 @@ import sys
 import pytest
 
 from real_mnist import DATA_DIR
+from repo_files import load_module
+
+# Once per process: the script defines absl flags when imported.
+paired_steps = load_module(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+                           / "paired_steps.py")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -93,3 +98,20 @@ def test_startup_refuses_a_bad_config_before_any_run(tmp_path, flag, named):
       capture_output=True, text=True, timeout=120, cwd=REPO)
   assert proc.returncode != 0 and named in proc.stderr
   assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("text,named", [
+    ("{not json", "is not JSON"), ("[1]", "expected a non-empty JSON object"),
+    ("{}", "expected a non-empty JSON object"), ('{"a": 3}', "expected a non-empty JSON object"),
+    ('{"torch_eager": {}}', "PyTorch entries' names")])
+def test_paired_steps_names_bad_variants(text, named):
+  with pytest.raises(ValueError, match=named) as e:
+    paired_steps.parse_variants(text)
+  assert text in str(e.value) or "torch_eager" in str(e.value)
+
+
+def test_paired_steps_reads_options_as_strings_and_defaults_to_the_cpu_variants():
+  assert paired_steps.parse_variants("") is paired_steps.CPU_VARIANTS
+  assert next(iter(paired_steps.CPU_VARIANTS)) == "xla_default"
+  assert paired_steps.parse_variants('{"a": {"xla_cpu_enable_fast_math": true}}') == {
+      "a": {"xla_cpu_enable_fast_math": "True"}}
