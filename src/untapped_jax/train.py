@@ -70,20 +70,40 @@ def make_train_step(config, graphdef: nnx.GraphDef, tx: optax.GradientTransforma
   its input state, whose buffers it overwrites.
   """
 
-  def replica_step(state: TrainState, batch, numbers, images):
+  def replica_gradients(state: TrainState, batch, numbers, images):
+    """(gradients, the state's next key, metrics) of one replica."""
     loss_fn = objective.loss_fn_from_numbers(config, graphdef, numbers)
     rng, bin_rng, loss_rng = jax.random.split(state.rng, 3)
     batch = binarize_batch(streams_lib.gather_images(batch, images), bin_rng,
                            mode=config.data.binarization)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, batch, loss_rng)
+    return grads, rng, dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+
+  def apply_gradients(state: TrainState, grads, rng) -> TrainState:
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                         rng=rng), metrics
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
 
-  return jax.jit(jax.vmap(replica_step, in_axes=(0, 0, 0, None)), donate_argnums=0)
+  def population_step(state: TrainState, batch, numbers, images):
+    if _population_size(state) == 1:
+      # A lone run's gradients skip the vmap: over a singleton axis it gives XLA batched
+      # dots whose operands it transposes, 3-7% of an M2 step on the CPU
+      # (docs/benchmarks.md). The update stays vmapped: without the axis XLA copies
+      # Adam's moments before updating them in place.
+      only = lambda tree: jax.tree.map(lambda a: a[0], tree)
+      grads, rng, metrics = replica_gradients(only(state), only(batch), only(numbers), images)
+      grads, rng, metrics = jax.tree.map(lambda a: a[None], (grads, rng, metrics))
+    else:
+      grads, rng, metrics = jax.vmap(replica_gradients, in_axes=(0, 0, 0, None))(
+          state, batch, numbers, images)
+    return jax.vmap(apply_gradients)(state, grads, rng), metrics
+
+  return jax.jit(population_step, donate_argnums=0)
+
+
+def _population_size(state: TrainState) -> int:
+  return jax.tree.leaves(state)[0].shape[0]
 
 
 @dataclasses.dataclass(frozen=True)
