@@ -82,8 +82,11 @@ def jax_runners(variants, *, model, unlabeled_batch, labeled_batch, tiny):
   """({name: run}, {name: compile seconds}); run(n) takes n steps, returns the last loss."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  # Lowered without the package's own CPU option, so that each variant's options are
+  # all it is compiled with and "xla_default" is XLA's default.
   _, step, (state, *inputs) = throughput.step_and_inputs(
-      model, 1, unlabeled_batch=unlabeled_batch, labeled_batch=labeled_batch, tiny=tiny)
+      model, 1, unlabeled_batch=unlabeled_batch, labeled_batch=labeled_batch, tiny=tiny,
+      xla_cpu_ynnpack=True)
   lowered = step.lower(state, *inputs)
   runners, compile_s = {}, {}
   for name, options in variants.items():

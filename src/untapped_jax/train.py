@@ -28,6 +28,7 @@ import optax
 import tqdm
 
 import untapped_jax
+from untapped_jax import compiler_options
 from untapped_jax import files
 from untapped_jax import launch
 from untapped_jax import metric_writer
@@ -99,7 +100,9 @@ def make_train_step(config, graphdef: nnx.GraphDef, tx: optax.GradientTransforma
           state, batch, numbers, images)
     return jax.vmap(apply_gradients)(state, grads, rng), metrics
 
-  return jax.jit(population_step, donate_argnums=0)
+  options = compiler_options.train_step_options(
+      xla_cpu_ynnpack=config.train.get("xla_cpu_ynnpack", False))
+  return jax.jit(population_step, donate_argnums=0, compiler_options=options)
 
 
 def _population_size(state: TrainState) -> int:
