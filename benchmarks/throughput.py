@@ -183,7 +183,7 @@ def torch_step_and_inputs(compile_step: bool, *, unlabeled_batch, tiny, labeled_
     for _ in range(n):
       loss = step(xl, yl, xu)
     sync()
-    return float(loss)
+    return float(loss.detach())
 
   return config, run
 
