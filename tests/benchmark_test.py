@@ -1,6 +1,7 @@
 """benchmarks/throughput.py and startup.py run end to end at a tiny size (figures, not timings)."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -115,3 +116,29 @@ def test_paired_steps_reads_options_as_strings_and_defaults_to_the_cpu_variants(
   assert next(iter(paired_steps.CPU_VARIANTS)) == "xla_default"
   assert paired_steps.parse_variants('{"a": {"xla_cpu_enable_fast_math": true}}') == {
       "a": {"xla_cpu_enable_fast_math": "True"}}
+
+
+@pytest.mark.slow
+def test_pyro_epochs_trains_both_in_turns_and_reports_each_epoch():
+  pytest.importorskip("pyro")
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "pyro_epochs.py"), "--json", "--epochs=2",
+       "--max_batches=20", "--labels=3000", f"--data_dir={DATA_DIR}"],
+      capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  figures = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert [e["epoch"] for e in figures["epochs"]] == [1, 2]
+  for e in figures["epochs"]:
+    assert e["pyro_s"] > 0 and e["ours_s"] > 0
+    # 20 batches of each: both classifiers already beat chance on MNIST's test set.
+    assert 0.1 < e["pyro_test_accuracy"] <= 1 and 0.1 < e["ours_test_accuracy"] <= 1
+  assert "| 2 |" in proc.stdout
+
+
+def test_pyro_epochs_refuses_a_missing_data_folder():
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "pyro_epochs.py"), "--data_dir="],
+      capture_output=True, text=True, timeout=120, cwd=REPO,
+      env={k: v for k, v in os.environ.items() if k != "UNTAPPED_DATA_DIR"})
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith("pyro_epochs: --data_dir")
