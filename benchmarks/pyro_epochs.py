@@ -90,8 +90,9 @@ def ours(labels: int, seed: int, data_dir: str, max_batches: int):
   return run_epoch, test_accuracy, splits
 
 
-def pyro_peer(splits, seed: int, max_batches: int):
-  """(run_epoch(e) -> seconds, test_accuracy() -> float) of Pyro's SS-VAE on `splits`."""
+def pyro_peer(splits, seed: int, max_batches: int, batch_size: int = PYRO_BATCH):
+  """(run_epoch(e) -> seconds, test_accuracy() -> float) of Pyro's SS-VAE on `splits`
+  (batch_size must divide the labeled set, as the example asserts)."""
   import pyro  # pylint: disable=g-import-not-at-top
   import pyro.distributions as dist  # pylint: disable=g-import-not-at-top
   from pyro import poutine  # pylint: disable=g-import-not-at-top
@@ -158,8 +159,8 @@ def pyro_peer(splits, seed: int, max_batches: int):
     del epoch
     sup = torch.from_numpy(order.permutation(len(x_sup)))
     unsup = torch.from_numpy(order.permutation(len(x_unsup)))
-    sup_batches = [sup[i:i + PYRO_BATCH] for i in range(0, len(sup), PYRO_BATCH)]
-    unsup_batches = [unsup[i:i + PYRO_BATCH] for i in range(0, len(unsup), PYRO_BATCH)]
+    sup_batches = [sup[i:i + batch_size] for i in range(0, len(sup), batch_size)]
+    unsup_batches = [unsup[i:i + batch_size] for i in range(0, len(unsup), batch_size)]
     total = len(sup_batches) + len(unsup_batches)
     total = min(total, max_batches) if max_batches else total
     start, used_sup, used_unsup = time.perf_counter(), 0, 0
