@@ -2,7 +2,8 @@
 (seeds, hyperparameters) in one vmapped step, then each replica's final evaluation.
 
 The train state is one pytree (TrainState) whose leaves carry a leading replica
-axis [S, ...]. A single run is a population of one, so it goes through the same code.
+axis [S, ...]. A single run is a population of one, so it goes through the same code
+(its gradients skip the vmap over the axis of one: make_train_step).
 Start-up checks are run_dir's, device placement placement's, checkpoints saved_state's.
 
 The streams' positions are the step itself (see data/streams.py), so the step is
@@ -67,8 +68,10 @@ def make_train_step(config, graphdef: nnx.GraphDef, tx: optax.GradientTransforma
 
   state, batch and `numbers` (objective.loss_numbers of each replica) carry a leading
   replica axis [S]; the batch holds row indices into `images` (uint8 [N, D], shared by all
-  replicas, kept on the device). The step is vmapped over replicas and donates
-  its input state, whose buffers it overwrites.
+  replicas, kept on the device). The step is vmapped over replicas (a population of one
+  computes its gradients without the singleton axis), is compiled with
+  compiler_options.train_step_options, and donates its input state, whose buffers it
+  overwrites.
   """
 
   def replica_gradients(state: TrainState, batch, numbers, images):
