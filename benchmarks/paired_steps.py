@@ -1,6 +1,7 @@
 r"""Train steps timed in turns in one process: JAX under several XLA option sets, and PyTorch.
 
   python benchmarks/paired_steps.py [--model m2] [--unlabeled_batch 200] [--rounds 8] [--json]
+  python benchmarks/paired_steps.py --notorch --replicas 1,2,4
   python benchmarks/paired_steps.py --notorch --variants '{"default": {}, "no_ynnpack":
       {"xla_cpu_experimental_ynn_fusion_type": ""}}'
 
@@ -16,7 +17,9 @@ first entry is taken round by round (paired); medians are printed. The entries:
     the largest relative difference from the first, so an option that changed the maths
     would show;
   - torch_eager and torch_compile (--model m2, with torch installed): throughput.py's
-    PyTorch peer on the same batch sizes.
+    PyTorch peer on the same batch sizes;
+  - population_S (--replicas 1,2,4): the package's own step over S replicas, with its
+    cost per replica against population_1, t_S / (S t_1), paired round by round.
 A short sleep between turns lets the other runtime's worker threads stop spinning. Timings
 only; nothing here asserts a speed.
 """
@@ -51,6 +54,9 @@ PAUSE_S = 0.2
 _MODEL = flags.DEFINE_enum("model", "m2", ["m2", "untapped"], "Whose train step.")
 _ROUNDS = flags.DEFINE_integer("rounds", 8, "Rounds of turns.")
 _CALLS = flags.DEFINE_integer("calls", 5, "Timed steps per entry and round.")
+_REPLICAS = flags.DEFINE_list(
+    "replicas", [], "Replica counts S: adds a population_S entry each (the package's own "
+    "step, S replicas) and its cost per replica against population_1, paired.")
 _VARIANTS = flags.DEFINE_string("variants", "", "JSON {name: {option: value}}; the first "
                                 "is the reference (default: CPU_VARIANTS).")
 # --unlabeled_batch, --labeled_batch, --tiny, --json and --torch are throughput.py's flags.
@@ -108,6 +114,42 @@ def jax_runners(variants, *, model, unlabeled_batch, labeled_batch, tiny):
   return runners, compile_s
 
 
+def population_runners(sizes, *, model, unlabeled_batch, labeled_batch, tiny):
+  """({population_S: run}, {population_S: compile seconds}): the package's train step
+  (make_train_step, its own compile options) over S replicas, as train_population runs it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  runners, compile_s = {}, {}
+  for size in sizes:
+    name = f"population_{size}"
+    _, step, (state, *inputs) = throughput.step_and_inputs(
+        model, size, unlabeled_batch=unlabeled_batch, labeled_batch=labeled_batch, tiny=tiny)
+    holder = {"state": state}
+
+    def run(n, step=step, inputs=inputs, holder=holder):
+      for _ in range(n):
+        holder["state"], metrics = step(holder["state"], *inputs)
+      return float(np.asarray(jax.block_until_ready(metrics)["loss"]).reshape(-1)[0])
+
+    start = time.perf_counter()
+    run(1)
+    compile_s[name] = time.perf_counter() - start
+    runners[name] = run
+  return runners, compile_s
+
+
+def parse_replicas(values) -> list[int]:
+  """--replicas as replica counts; names what is wrong."""
+  try:
+    sizes = [int(v) for v in values]
+  except ValueError:
+    sizes = []
+  if values and (not sizes or min(sizes) < 1 or 1 not in sizes):
+    raise ValueError(f"--replicas={','.join(values)}: expected replica counts >= 1 "
+                     "including 1, the lone run each population is compared with.")
+  return sizes
+
+
 def compare(runners: dict, *, rounds: int, calls: int) -> dict[str, dict]:
   """Per entry: median and min ms per step, the median paired ratio to the first entry,
   and the last loss."""
@@ -124,7 +166,7 @@ def compare(runners: dict, *, rounds: int, calls: int) -> dict[str, dict]:
   reference = np.asarray(ms[next(iter(runners))])
   return {name: {"median_ms": float(np.median(t)), "min_ms": float(np.min(t)),
                  "paired_ratio_to_first": float(np.median(np.asarray(t) / reference)),
-                 "final_loss": loss[name]} for name, t in ms.items()}
+                 "final_loss": loss[name], "ms": t} for name, t in ms.items()}
 
 
 def main(argv):
@@ -132,9 +174,15 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   try:
     variants = parse_variants(_VARIANTS.value)
+    sizes = parse_replicas(_REPLICAS.value)
     runners, compile_s = jax_runners(variants, model=_MODEL.value,
                                      unlabeled_batch=_UNLABELED.value,
                                      labeled_batch=_LABELED.value, tiny=_TINY.value)
+    more, more_s = population_runners(sizes, model=_MODEL.value,
+                                      unlabeled_batch=_UNLABELED.value,
+                                      labeled_batch=_LABELED.value, tiny=_TINY.value)
+    runners.update(more)
+    compile_s.update(more_s)
   except ValueError as e:
     print(f"paired_steps: {e}", file=sys.stderr)
     sys.exit(2)
@@ -158,6 +206,13 @@ def main(argv):
       f["options"] = variants[name]
       f["loss_relative_difference"] = (abs(f["final_loss"] - figures[first]["final_loss"])
                                        / abs(figures[first]["final_loss"]))
+  if sizes:
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    lone = np.asarray(figures["population_1"]["ms"])
+    for size in sizes:
+      f = figures[f"population_{size}"]
+      # t_S / (S t_1), round by round: above 1, a replica costs more than a lone run.
+      f["per_replica_cost_ratio"] = float(np.median(np.asarray(f["ms"]) / (size * lone)))
   out = {"device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
          "model": _MODEL.value, "torch_threads": threads,
          "steps_per_entry": _ROUNDS.value * (2 + _CALLS.value), "entries": figures}
@@ -167,7 +222,12 @@ def main(argv):
         "| loss, relative difference from the first |")
   print("|---|---|---|---|---|---|")
   for name, f in figures.items():
-    difference = f"{f['loss_relative_difference']:.1e}" if name in variants else "other init"
+    if name in variants:
+      difference = f"{f['loss_relative_difference']:.1e}"
+    elif name.startswith("population_"):
+      difference = f"per replica {f['per_replica_cost_ratio']:.3f} of population_1"
+    else:
+      difference = "other init"
     print(f"| {name} | {f['median_ms']:.1f} | {f['min_ms']:.1f} | "
           f"{f['paired_ratio_to_first']:.3f} | {f['compile_s']:.1f} | {difference} |")
   if _JSON.value:

@@ -46,10 +46,14 @@ def test_paired_steps_compiles_each_variant_and_trains_the_same_losses():
   variants = {"xla_default": {}, "no_ynnpack": {"xla_cpu_experimental_ynn_fusion_type": ""}}
   script = [sys.executable, str(REPO / "benchmarks" / "paired_steps.py"), "--tiny", "--json",
             "--rounds=2", "--calls=2", "--notorch"]
-  proc = subprocess.run(script + ["--variants=" + json.dumps(variants)],
+  proc = subprocess.run(script + ["--variants=" + json.dumps(variants), "--replicas=1,2"],
                         capture_output=True, text=True, timeout=600, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
   figures = json.loads(proc.stdout.strip().splitlines()[-1])
+  # The package's own step over 1 and 2 replicas, each replica's cost against the lone run.
+  lone, pair = figures["entries"]["population_1"], figures["entries"]["population_2"]
+  assert lone["per_replica_cost_ratio"] == 1.0 and pair["per_replica_cost_ratio"] > 0
+  assert len(pair["ms"]) == 2 and "| population_2 |" in proc.stdout
   assert figures["steps_per_entry"] == 2 * (2 + 2) and figures["torch_threads"] is None
   first, second = figures["entries"]["xla_default"], figures["entries"]["no_ynnpack"]
   assert first["paired_ratio_to_first"] == 1.0 and second["paired_ratio_to_first"] > 0
@@ -99,6 +103,14 @@ def test_startup_refuses_a_bad_config_before_any_run(tmp_path, flag, named):
       capture_output=True, text=True, timeout=120, cwd=REPO)
   assert proc.returncode != 0 and named in proc.stderr
   assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("values", [["2", "4"], ["0", "1"], ["one"]])
+def test_paired_steps_names_bad_replica_counts(values):
+  with pytest.raises(ValueError, match="including 1") as e:
+    paired_steps.parse_replicas(values)
+  assert ",".join(values) in str(e.value)
+  assert paired_steps.parse_replicas(["1", "4"]) == [1, 4]
 
 
 @pytest.mark.parametrize("text,named", [
