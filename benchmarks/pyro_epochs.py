@@ -183,10 +183,16 @@ def pyro_peer(splits, seed: int, max_batches: int, batch_size: int = PYRO_BATCH)
 
 def main(argv):
   del argv
-  import torch  # pylint: disable=g-import-not-at-top
   if not _DATA_DIR.value:
     print("pyro_epochs: --data_dir or $UNTAPPED_DATA_DIR must name MNIST's IDX folder.",
           file=sys.stderr)
+    sys.exit(2)
+  try:
+    import pyro  # pylint: disable=g-import-not-at-top,unused-import
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    print(f"pyro_epochs: {e.name} is not installed; the peer needs torch and pyro-ppl "
+          "(pip install -e '.[bench]').", file=sys.stderr)
     sys.exit(2)
   our_epoch, our_accuracy, splits = ours(_LABELS.value, _SEED.value, _DATA_DIR.value,
                                          _MAX_BATCHES.value)
