@@ -84,10 +84,23 @@ def parse_variants(text: str) -> dict[str, dict[str, str]]:
   return {name: {k: str(v) for k, v in options.items()} for name, options in variants.items()}
 
 
+def step_runner(step, state, inputs):
+  """run(n): n steps of `step` from its own `state` on `inputs`; returns the last loss."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  holder = {"state": state}
+
+  def run(n):
+    for _ in range(n):
+      holder["state"], metrics = step(holder["state"], *inputs)
+    return float(np.asarray(jax.block_until_ready(metrics)["loss"]).reshape(-1)[0])
+
+  return run
+
+
 def jax_runners(variants, *, model, unlabeled_batch, labeled_batch, tiny):
   """({name: run}, {name: compile seconds}); run(n) takes n steps, returns the last loss."""
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   # Lowered without the package's own CPU option, so that each variant's options are
   # all it is compiled with and "xla_default" is XLA's default.
   _, step, (state, *inputs) = throughput.step_and_inputs(
@@ -103,34 +116,19 @@ def jax_runners(variants, *, model, unlabeled_batch, labeled_batch, tiny):
       raise ValueError(f"variant {name!r} ({options}): XLA refused it: "
                        f"{str(e).splitlines()[0]}") from e
     compile_s[name] = time.perf_counter() - start
-    holder = {"state": jax.tree.map(lambda a: a.copy(), state)}
-
-    def run(n, fn=compiled, holder=holder):
-      for _ in range(n):
-        holder["state"], metrics = fn(holder["state"], *inputs)
-      return float(np.asarray(jax.block_until_ready(metrics)["loss"]).reshape(-1)[0])
-
-    runners[name] = run
+    runners[name] = step_runner(compiled, jax.tree.map(lambda a: a.copy(), state), inputs)
   return runners, compile_s
 
 
 def population_runners(sizes, *, model, unlabeled_batch, labeled_batch, tiny):
   """({population_S: run}, {population_S: compile seconds}): the package's train step
   (make_train_step, its own compile options) over S replicas, as train_population runs it."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   runners, compile_s = {}, {}
   for size in sizes:
     name = f"population_{size}"
     _, step, (state, *inputs) = throughput.step_and_inputs(
         model, size, unlabeled_batch=unlabeled_batch, labeled_batch=labeled_batch, tiny=tiny)
-    holder = {"state": state}
-
-    def run(n, step=step, inputs=inputs, holder=holder):
-      for _ in range(n):
-        holder["state"], metrics = step(holder["state"], *inputs)
-      return float(np.asarray(jax.block_until_ready(metrics)["loss"]).reshape(-1)[0])
-
+    run = step_runner(step, state, inputs)
     start = time.perf_counter()
     run(1)
     compile_s[name] = time.perf_counter() - start
