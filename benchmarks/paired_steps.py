@@ -1,7 +1,7 @@
 r"""Train steps timed in turns in one process: JAX under several XLA option sets, and PyTorch.
 
   python benchmarks/paired_steps.py [--model m2] [--unlabeled_batch 200] [--rounds 8] [--json]
-  python benchmarks/paired_steps.py --notorch --replicas 1,2,4
+  python benchmarks/paired_steps.py --notorch --replicas 1,2,4 [--replicas_per_pass 4]
   python benchmarks/paired_steps.py --notorch --variants '{"default": {}, "no_ynnpack":
       {"xla_cpu_experimental_ynn_fusion_type": ""}}'
 
@@ -19,7 +19,9 @@ first entry is taken round by round (paired); medians are printed. The entries:
   - torch_eager and torch_compile (--model m2, with torch installed): throughput.py's
     PyTorch peer on the same batch sizes;
   - population_S (--replicas 1,2,4): the package's own step over S replicas, with its
-    cost per replica against population_1, t_S / (S t_1), paired round by round.
+    cost per replica against population_1, t_S / (S t_1), paired round by round;
+    population_S_per_pass_P for each P of --replicas_per_pass up to S > 1: the same with
+    train.replicas_per_pass=P (P = S: all S in one vmap, the accelerators' default).
 A short sleep between turns lets the other runtime's worker threads stop spinning. Timings
 only; nothing here asserts a speed.
 """
@@ -57,6 +59,9 @@ _CALLS = flags.DEFINE_integer("calls", 5, "Timed steps per entry and round.")
 _REPLICAS = flags.DEFINE_list(
     "replicas", [], "Replica counts S: adds a population_S entry each (the package's own "
     "step, S replicas) and its cost per replica against population_1, paired.")
+_PER_PASS = flags.DEFINE_list(
+    "replicas_per_pass", [], "More train.replicas_per_pass values P: adds a "
+    "population_S_per_pass_P entry for each S > 1 of --replicas beside the default's.")
 _VARIANTS = flags.DEFINE_string("variants", "", "JSON {name: {option: value}}; the first "
                                 "is the reference (default: CPU_VARIANTS).")
 # --unlabeled_batch, --labeled_batch, --tiny, --json and --torch are throughput.py's flags.
@@ -120,20 +125,35 @@ def jax_runners(variants, *, model, unlabeled_batch, labeled_batch, tiny):
   return runners, compile_s
 
 
-def population_runners(sizes, *, model, unlabeled_batch, labeled_batch, tiny):
-  """({population_S: run}, {population_S: compile seconds}): the package's train step
-  (make_train_step, its own compile options) over S replicas, as train_population runs it."""
+def population_runners(sizes, *, model, unlabeled_batch, labeled_batch, tiny, per_pass=()):
+  """({name: run}, {name: compile seconds}): the package's train step (make_train_step, its
+  own compile options) over S replicas, as train_population runs it: population_S with
+  the default train.replicas_per_pass, population_S_per_pass_P with P (P < S only)."""
   runners, compile_s = {}, {}
-  for size in sizes:
-    name = f"population_{size}"
+  entries = [(size, p) for size in sizes for p in (0, *per_pass) if p == 0 or 1 < size >= p]
+  for size, p in entries:
+    name = f"population_{size}" + (f"_per_pass_{p}" if p else "")
     _, step, (state, *inputs) = throughput.step_and_inputs(
-        model, size, unlabeled_batch=unlabeled_batch, labeled_batch=labeled_batch, tiny=tiny)
+        model, size, unlabeled_batch=unlabeled_batch, labeled_batch=labeled_batch, tiny=tiny,
+        replicas_per_pass=p)
     run = step_runner(step, state, inputs)
     start = time.perf_counter()
     run(1)
     compile_s[name] = time.perf_counter() - start
     runners[name] = run
   return runners, compile_s
+
+
+def parse_per_pass(values) -> list[int]:
+  """--replicas_per_pass as train.replicas_per_pass values; names what is wrong."""
+  try:
+    per_pass = [int(v) for v in values]
+  except ValueError:
+    per_pass = []
+  if values and (not per_pass or min(per_pass) < 1):
+    raise ValueError(f"--replicas_per_pass={','.join(values)}: expected positive integers "
+                     "(replicas whose gradients one pass computes).")
+  return per_pass
 
 
 def parse_replicas(values) -> list[int]:
@@ -173,12 +193,14 @@ def main(argv):
   try:
     variants = parse_variants(_VARIANTS.value)
     sizes = parse_replicas(_REPLICAS.value)
+    per_pass = parse_per_pass(_PER_PASS.value)
     runners, compile_s = jax_runners(variants, model=_MODEL.value,
                                      unlabeled_batch=_UNLABELED.value,
                                      labeled_batch=_LABELED.value, tiny=_TINY.value)
     more, more_s = population_runners(sizes, model=_MODEL.value,
                                       unlabeled_batch=_UNLABELED.value,
-                                      labeled_batch=_LABELED.value, tiny=_TINY.value)
+                                      labeled_batch=_LABELED.value, tiny=_TINY.value,
+                                      per_pass=per_pass)
     runners.update(more)
     compile_s.update(more_s)
   except ValueError as e:
@@ -207,10 +229,11 @@ def main(argv):
   if sizes:
     import numpy as np  # pylint: disable=g-import-not-at-top
     lone = np.asarray(figures["population_1"]["ms"])
-    for size in sizes:
-      f = figures[f"population_{size}"]
-      # t_S / (S t_1), round by round: above 1, a replica costs more than a lone run.
-      f["per_replica_cost_ratio"] = float(np.median(np.asarray(f["ms"]) / (size * lone)))
+    for name, f in figures.items():
+      if name.startswith("population_"):
+        size = int(name.split("_")[1])
+        # t_S / (S t_1), round by round: above 1, a replica costs more than a lone run.
+        f["per_replica_cost_ratio"] = float(np.median(np.asarray(f["ms"]) / (size * lone)))
   out = {"device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
          "model": _MODEL.value, "torch_threads": threads,
          "steps_per_entry": _ROUNDS.value * (2 + _CALLS.value), "entries": figures}

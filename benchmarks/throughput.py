@@ -55,11 +55,13 @@ _TORCH = flags.DEFINE_bool("torch", True, "Measure the PyTorch peer when torch i
 _ONLY = flags.DEFINE_string("only", "", "Internal: measure one thing, print its JSON.")
 
 def bench_config(model_name: str, *, unlabeled_batch: int, tiny: bool, labeled_batch: int = -1,
-                 compute_dtype: str = "float32", xla_cpu_ynnpack: bool = False):
+                 compute_dtype: str = "float32", xla_cpu_ynnpack: bool = False,
+                 replicas_per_pass: int = 0):
   from untapped_jax.configs import default  # pylint: disable=g-import-not-at-top
   c = default.get_config()
   c.model_name = model_name
   c.train.xla_cpu_ynnpack = xla_cpu_ynnpack
+  c.train.replicas_per_pass = replicas_per_pass
   c.data.unlabeled_batch_size = unlabeled_batch
   if labeled_batch > 0:
     c.data.labeled_batch_size = c.data.label_only_batch_size = labeled_batch
@@ -113,10 +115,12 @@ def time_calls(fn, steps: int) -> float:
 
 
 def step_and_inputs(model_name: str, num_replicas: int, *, unlabeled_batch, tiny,
-                    labeled_batch=-1, compute_dtype="float32", xla_cpu_ynnpack=False):
+                    labeled_batch=-1, compute_dtype="float32", xla_cpu_ynnpack=False,
+                    replicas_per_pass=0):
   """(config, the jitted train step, its arguments (state, batch, numbers, images)): S
   replicas of the default networks on one synthetic batch already on the device; on the
-  CPU compiled as the package does (train.xla_cpu_ynnpack) unless told otherwise."""
+  CPU compiled as the package does (train.xla_cpu_ynnpack) unless told otherwise, its
+  replicas `replicas_per_pass` at a time (train.replicas_per_pass; 0: all at once)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from untapped_jax import objective  # pylint: disable=g-import-not-at-top
@@ -124,7 +128,7 @@ def step_and_inputs(model_name: str, num_replicas: int, *, unlabeled_batch, tiny
   from untapped_jax import train_state  # pylint: disable=g-import-not-at-top
   config = bench_config(model_name, unlabeled_batch=unlabeled_batch, tiny=tiny,
                         labeled_batch=labeled_batch, compute_dtype=compute_dtype,
-                        xla_cpu_ynnpack=xla_cpu_ynnpack)
+                        xla_cpu_ynnpack=xla_cpu_ynnpack, replicas_per_pass=replicas_per_pass)
   created = [train_state.create_train_state(config, seed=s) for s in range(num_replicas)]
   graphdef, tx = created[0][:2]
   state = train_state.stack([s for _, _, s in created])

@@ -46,7 +46,8 @@ def test_paired_steps_compiles_each_variant_and_trains_the_same_losses():
   variants = {"xla_default": {}, "no_ynnpack": {"xla_cpu_experimental_ynn_fusion_type": ""}}
   script = [sys.executable, str(REPO / "benchmarks" / "paired_steps.py"), "--tiny", "--json",
             "--rounds=2", "--calls=2", "--notorch"]
-  proc = subprocess.run(script + ["--variants=" + json.dumps(variants), "--replicas=1,2"],
+  proc = subprocess.run(script + ["--variants=" + json.dumps(variants), "--replicas=1,2",
+                                  "--replicas_per_pass=2"],
                         capture_output=True, text=True, timeout=600, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
   figures = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -54,6 +55,12 @@ def test_paired_steps_compiles_each_variant_and_trains_the_same_losses():
   lone, pair = figures["entries"]["population_1"], figures["entries"]["population_2"]
   assert lone["per_replica_cost_ratio"] == 1.0 and pair["per_replica_cost_ratio"] > 0
   assert len(pair["ms"]) == 2 and "| population_2 |" in proc.stdout
+  # On one CPU device the default computes the replicas one at a time; per pass 2 vmaps
+  # the two: another program, the same maths.
+  vmapped = figures["entries"]["population_2_per_pass_2"]
+  assert vmapped["per_replica_cost_ratio"] > 0
+  assert "population_1_per_pass_2" not in figures["entries"]
+  assert vmapped["final_loss"] == pytest.approx(pair["final_loss"], rel=1e-5)
   assert figures["steps_per_entry"] == 2 * (2 + 2) and figures["torch_threads"] is None
   first, second = figures["entries"]["xla_default"], figures["entries"]["no_ynnpack"]
   assert first["paired_ratio_to_first"] == 1.0 and second["paired_ratio_to_first"] > 0

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 from untapped_jax import launch
+from untapped_jax import objective
 from untapped_jax import population as population_lib
 from untapped_jax import run_dir
 from untapped_jax import sweep
 from untapped_jax import train
 from untapped_jax import train_state
 from untapped_jax.configs import default
+from untapped_jax.data import mnist
 
 from real_mnist import DATA_DIR
 
@@ -92,6 +94,56 @@ def test_population_replicas_equal_separate_runs(tmp_path, model_name, overrides
     on_disk = json.loads((tmp_path / f"r{i}" / "results.json").read_text())
     assert on_disk["population_size"] == 2 and on_disk["seed"] == config.seed
     assert json.loads((tmp_path / f"r{i}" / "config.json").read_text())["seed"] == config.seed
+
+
+def stepped(configs, *, per_pass, images, batches):
+  """The parameters of `configs` as one population after len(batches) steps of the
+  train step, its replicas' gradients computed `per_pass` at a time."""
+  configs = [sweep.apply_point(c, {"config.train.replicas_per_pass": per_pass})
+             for c in configs]
+  created = [train_state.create_train_state(c, seed=c.seed) for c in configs]
+  graphdef, tx = created[0][:2]
+  state = train_state.stack([s for _, _, s in created])
+  numbers = train_state.stack([objective.loss_numbers(
+      c, num_labeled=100, num_unlabeled=2000, num_label_only=2000,
+      pixel_probs=np.full(784, 0.2, np.float32)) for c in configs])
+  step = train.make_train_step(configs[0], graphdef, tx)
+  for batch in batches:
+    state, _ = step(state, batch, numbers, images)
+  return jax.device_get(state.params)
+
+
+@pytest.mark.slow
+def test_replicas_per_pass_steps_each_replica_as_a_lone_run():
+  """Three replicas (seeds, learning rates, classification weights) stepped one at a time
+  (a scan), two at a time (a vmapped pass of two, then the remainder of one) and all at
+  once (one vmap) each end where the replica stepped alone ends, on MNIST images."""
+  overrides = [{"seed": 0}, {"seed": 1, "train.learning_rate": 3e-3},
+               {"seed": 2, "objective.classification_weight": 1.0}]
+  configs = [tiny_config(**o) for o in overrides]
+  images = mnist.load(configs[0].data)["train_images"][:2000].reshape(2000, -1)
+  rng = np.random.default_rng(0)
+  d = configs[0].data
+
+  def batch(replicas):
+    rows = lambda n: rng.integers(0, len(images), (replicas, n)).astype(np.int32)
+    labels = lambda n: np.eye(10, dtype=np.float32)[rng.integers(0, 10, (replicas, n))]
+    return {"labeled": {"index": rows(d.labeled_batch_size), "y": labels(d.labeled_batch_size)},
+            "unlabeled": {"index": rows(d.unlabeled_batch_size)},
+            "label_only": {"y": labels(d.label_only_batch_size)}}
+
+  batches = [batch(3) for _ in range(3)]
+  alone = [stepped([c], per_pass=0, images=images,
+                   batches=[jax.tree.map(lambda a, i=i: a[i:i + 1], b) for b in batches])
+           for i, c in enumerate(configs)]
+  for per_pass in (1, 2, 3):
+    together = stepped(configs, per_pass=per_pass, images=images, batches=batches)
+    for i, lone in enumerate(alone):
+      for x, y in zip(jax.tree.leaves(train_state.unstack(together, i)),
+                      jax.tree.leaves(lone)):
+        np.testing.assert_allclose(x, y[0], rtol=1e-4, atol=2e-5)
+  with pytest.raises(ValueError, match=r"train\.replicas_per_pass=-1; expected 0"):
+    population_lib.replicas_per_pass(-1)
 
 
 def test_check_population_names_the_keys_that_differ():

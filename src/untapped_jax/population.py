@@ -1,4 +1,4 @@
-"""A population: S replicas (seeds, hyperparameters) that share one jitted, vmapped step.
+"""A population: S replicas (seeds, hyperparameters) that share one jitted step.
 
 Replicas may differ only in POPULATION_KEYS, which enter the step as arrays; everything
 else (shapes, code paths) is shared, and population_signature says which configs may
@@ -12,6 +12,7 @@ import json
 from typing import Any, Sequence
 
 from flax import nnx
+import jax
 import ml_collections
 import numpy as np
 
@@ -31,6 +32,20 @@ POPULATION_KEYS = ("seed", "num_seeds", "train.learning_rate",
                    "objective.unlabeled_weight", "objective.label_only_weight",
                    "objective.label_smoothing", "objective.classification_temperature",
                    "objective.relaxed_temperature")
+
+
+def replicas_per_pass(setting: int) -> int:
+  """How many replicas the step computes gradients for at once (train.replicas_per_pass):
+  `setting` when positive; 0 chooses one at a time on a lone CPU device, where a vmapped
+  population's activations outgrow the caches a lone run's fit in (8 replicas vmapped
+  cost 1.12x a lone run per replica, one at a time 0.85x: docs/benchmarks.md), and all
+  at once elsewhere (0), where the vmap is what makes a population cheap."""
+  if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
+    raise ValueError(f"train.replicas_per_pass={setting!r}; expected 0 (one at a time on a "
+                     "lone CPU device, all at once elsewhere) or a positive integer.")
+  if setting:
+    return setting
+  return 1 if jax.default_backend() == "cpu" and jax.device_count() == 1 else 0
 
 
 def population_signature(config) -> str:

@@ -18,6 +18,7 @@ from untapped_jax import configs as configs_lib
 from untapped_jax.configs import default as default_config
 from untapped_jax import models
 from untapped_jax import objective
+from untapped_jax import population as population_lib
 from untapped_jax import train_state as train_state_lib
 from untapped_jax.data import splits as splits_lib
 from untapped_jax.data import streams as streams_lib
@@ -56,6 +57,7 @@ def validate(config) -> None:
                      f"a multiple of train.log_every={log_every}, so that a resumed run "
                      "restarts at a logged step and logs the same numbers.")
   train_state_lib.make_optimizer(config.train)
+  population_lib.replicas_per_pass(config.train.replicas_per_pass)
   objective.loss_numbers(config, num_labeled=1, num_unlabeled=1, num_label_only=1,
                          pixel_probs=np.full(config.model.num_pixels, 0.5, np.float32))
 

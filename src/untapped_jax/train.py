@@ -1,5 +1,5 @@
 """The jitted step and the training loop of a population (population.py): S replicas
-(seeds, hyperparameters) in one vmapped step, then each replica's final evaluation.
+(seeds, hyperparameters) in one step, then each replica's final evaluation.
 
 The train state is one pytree (TrainState) whose leaves carry a leading replica
 axis [S, ...]. A single run is a population of one, so it goes through the same code
@@ -68,11 +68,13 @@ def make_train_step(config, graphdef: nnx.GraphDef, tx: optax.GradientTransforma
 
   state, batch and `numbers` (objective.loss_numbers of each replica) carry a leading
   replica axis [S]; the batch holds row indices into `images` (uint8 [N, D], shared by all
-  replicas, kept on the device). The step is vmapped over replicas (a population of one
-  computes its gradients without the singleton axis), is compiled with
+  replicas, kept on the device). The step computes the replicas' gradients in passes of
+  population.replicas_per_pass (all at once: vmapped; a population of one without the
+  singleton axis) and updates them vmapped, is compiled with
   compiler_options.train_step_options, and donates its input state, whose buffers it
   overwrites.
   """
+  per_pass = population_lib.replicas_per_pass(config.train.get("replicas_per_pass", 0))
 
   def replica_gradients(state: TrainState, batch, numbers, images):
     """(gradients, the state's next key, metrics) of one replica."""
@@ -98,6 +100,12 @@ def make_train_step(config, graphdef: nnx.GraphDef, tx: optax.GradientTransforma
       only = lambda tree: jax.tree.map(lambda a: a[0], tree)
       grads, rng, metrics = replica_gradients(only(state), only(batch), only(numbers), images)
       grads, rng, metrics = jax.tree.map(lambda a: a[None], (grads, rng, metrics))
+    elif 0 < per_pass < _population_size(state):
+      # Replicas in passes of `per_pass` (a scan), so that each pass's activations stay
+      # in the caches a lone run's fit in; one at a time they skip the vmap, as above.
+      one = lambda args: replica_gradients(*args, images)
+      grads, rng, metrics = jax.lax.map(one, (state, batch, numbers),
+                                        batch_size=None if per_pass == 1 else per_pass)
     else:
       grads, rng, metrics = jax.vmap(replica_gradients, in_axes=(0, 0, 0, None))(
           state, batch, numbers, images)

@@ -98,6 +98,9 @@ def get_config() -> ml_collections.ConfigDict:
   # XLA:CPU's default hands fusions to YNNPACK; False compiles the train step with XLA's
   # own emitter, 7-17% faster per M2 step on an Intel Xeon (compiler_options.py).
   c.train.xla_cpu_ynnpack = False
+  # Replicas whose gradients one pass computes (a scan over passes): 0 is one at a time on
+  # a lone CPU device and all at once (one vmap) elsewhere (train.replicas_per_pass).
+  c.train.replicas_per_pass = 0
 
   c.eval = ml_collections.ConfigDict()
   c.eval.semantic = False  # after training: evaluator confusion, permutation, figures
