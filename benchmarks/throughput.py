@@ -49,6 +49,9 @@ _LABELED = flags.DEFINE_integer("labeled_batch", -1,
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 1024, "Side of the square matmul.")
 _DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
                            "model.compute_dtype of the JAX steps and the matmul's dtype.")
+_PRECISION = flags.DEFINE_string(
+    "matmul_precision", "default", "model.matmul_precision of the JAX steps and the "
+    "matmul's precision ('default': the backend's, TF32 on recent NVIDIA GPUs; 'float32').")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "The chip's peak TFLOP/s for the compute "
                            "dtype (0: no fraction reported).")
 _TORCH = flags.DEFINE_bool("torch", True, "Measure the PyTorch peer when torch is installed.")
@@ -56,7 +59,7 @@ _ONLY = flags.DEFINE_string("only", "", "Internal: measure one thing, print its 
 
 def bench_config(model_name: str, *, unlabeled_batch: int, tiny: bool, labeled_batch: int = -1,
                  compute_dtype: str = "float32", xla_cpu_ynnpack: bool = False,
-                 replicas_per_pass: int = 0):
+                 replicas_per_pass: int = 0, matmul_precision: str = "default"):
   from untapped_jax.configs import default  # pylint: disable=g-import-not-at-top
   c = default.get_config()
   c.model_name = model_name
@@ -66,6 +69,7 @@ def bench_config(model_name: str, *, unlabeled_batch: int, tiny: bool, labeled_b
   if labeled_batch > 0:
     c.data.labeled_batch_size = c.data.label_only_batch_size = labeled_batch
   c.model.compute_dtype = compute_dtype
+  c.model.matmul_precision = matmul_precision
   if tiny:
     c.model.hidden, c.model.latent_dim = (32,), 4
     c.data.labeled_batch_size = c.data.label_only_batch_size = 4
@@ -116,7 +120,7 @@ def time_calls(fn, steps: int) -> float:
 
 def step_and_inputs(model_name: str, num_replicas: int, *, unlabeled_batch, tiny,
                     labeled_batch=-1, compute_dtype="float32", xla_cpu_ynnpack=False,
-                    replicas_per_pass=0):
+                    replicas_per_pass=0, matmul_precision="default"):
   """(config, the jitted train step, its arguments (state, batch, numbers, images)): S
   replicas of the default networks on one synthetic batch already on the device; on the
   CPU compiled as the package does (train.xla_cpu_ynnpack) unless told otherwise, its
@@ -128,7 +132,8 @@ def step_and_inputs(model_name: str, num_replicas: int, *, unlabeled_batch, tiny
   from untapped_jax import train_state  # pylint: disable=g-import-not-at-top
   config = bench_config(model_name, unlabeled_batch=unlabeled_batch, tiny=tiny,
                         labeled_batch=labeled_batch, compute_dtype=compute_dtype,
-                        xla_cpu_ynnpack=xla_cpu_ynnpack, replicas_per_pass=replicas_per_pass)
+                        xla_cpu_ynnpack=xla_cpu_ynnpack, replicas_per_pass=replicas_per_pass,
+                        matmul_precision=matmul_precision)
   created = [train_state.create_train_state(config, seed=s) for s in range(num_replicas)]
   graphdef, tx = created[0][:2]
   state = train_state.stack([s for _, _, s in created])
@@ -144,10 +149,11 @@ def step_and_inputs(model_name: str, num_replicas: int, *, unlabeled_batch, tiny
 
 
 def measure_jax(model_name: str, num_replicas: int, *, unlabeled_batch, steps, tiny,
-                labeled_batch=-1, compute_dtype="float32", **_):
+                labeled_batch=-1, compute_dtype="float32", matmul_precision="default", **_):
   config, step, (state, *inputs) = step_and_inputs(
       model_name, num_replicas, unlabeled_batch=unlabeled_batch, tiny=tiny,
-      labeled_batch=labeled_batch, compute_dtype=compute_dtype)
+      labeled_batch=labeled_batch, compute_dtype=compute_dtype,
+      matmul_precision=matmul_precision)
   compiled = step.lower(state, *inputs).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
@@ -206,13 +212,16 @@ def measure_torch(compile_step: bool, *, unlabeled_batch, steps, tiny, labeled_b
           "threads": torch.get_num_threads()}
 
 
-def measure_matmul(*, steps, matmul_size=1024, compute_dtype="float32", **_):
+def measure_matmul(*, steps, matmul_size=1024, compute_dtype="float32",
+                   matmul_precision="default", **_):
   import jax  # pylint: disable=g-import-not-at-top
+  from untapped_jax import models  # pylint: disable=g-import-not-at-top
   a = jax.random.normal(jax.random.key(0), (matmul_size, matmul_size), compute_dtype)
-  matmul = jax.jit(lambda a: a @ a)
+  precision = models.matmul_precision(matmul_precision)
+  matmul = jax.jit(lambda a: jax.numpy.matmul(a, a, precision=precision))
   seconds = time_calls(lambda: matmul(a), max(steps, 20))
   return {"seconds": seconds, "gflops": 2 * matmul_size**3 / seconds / 1e9,
-          "size": matmul_size, "dtype": compute_dtype}
+          "size": matmul_size, "dtype": compute_dtype, "matmul_precision": matmul_precision}
 
 
 def measure(what: str, **kw) -> dict:
@@ -236,7 +245,8 @@ def run_isolated(what: str) -> dict | None:
   cmd = [sys.executable, os.path.abspath(__file__), f"--only={what}",
          f"--unlabeled_batch={_UNLABELED.value}", f"--steps={_STEPS.value}",
          f"--tiny={_TINY.value}", f"--labeled_batch={_LABELED.value}",
-         f"--matmul_size={_MATMUL_SIZE.value}", f"--compute_dtype={_DTYPE.value}"]
+         f"--matmul_size={_MATMUL_SIZE.value}", f"--compute_dtype={_DTYPE.value}",
+         f"--matmul_precision={_PRECISION.value}"]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if proc.returncode:
     print(f"{what}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -254,9 +264,15 @@ def torch_available() -> bool:
 
 def main(argv):
   del argv
+  from untapped_jax import models  # pylint: disable=g-import-not-at-top
+  try:
+    models.matmul_precision(_PRECISION.value)
+  except ValueError as e:
+    print(f"throughput: --{str(e).removeprefix('model.')}", file=sys.stderr)
+    sys.exit(2)
   kw = dict(unlabeled_batch=_UNLABELED.value, steps=_STEPS.value, tiny=_TINY.value,
             labeled_batch=_LABELED.value, matmul_size=_MATMUL_SIZE.value,
-            compute_dtype=_DTYPE.value)
+            compute_dtype=_DTYPE.value, matmul_precision=_PRECISION.value)
   if _ONLY.value:
     print(json.dumps(measure(_ONLY.value, **kw)))
     return
@@ -284,6 +300,7 @@ def summary(figures, populations) -> dict:
   m2 = figures["jax_m2_s1"]
   out = {"device": m2["device"] if m2 else "", "unlabeled_batch": _UNLABELED.value,
          "labeled_batch": _LABELED.value, "compute_dtype": _DTYPE.value,
+         "matmul_precision": _PRECISION.value,
          "jax_examples_per_s": per_s(m2),
          "jax_untapped_examples_per_s": per_s(figures["jax_untapped_s1"]),
          "torch_eager_examples_per_s": per_s(figures.get("torch_eager")),

@@ -6,10 +6,12 @@
 # 1. installs the project from wheels carried with the tree (.whl/, see below) into
 #    the machine's Python, which already has jax with CUDA;
 # 2. runs the population tests on the device;
-# 3. runs benchmarks/throughput.py three times: batch 100 (+200 unlabeled) with vmapped
-#    populations S = 1 ... 64; batch 10,000 of each stream in float32 (TF32 matmuls) and
-#    in bfloat16 compute; each against the chip's datasheet peak (default: an H200's dense
-#    TF32 495 and bfloat16 989 TFLOP/s), with the PyTorch peer where torch has CUDA;
+# 3. runs benchmarks/throughput.py four times: batch 100 (+200 unlabeled) with vmapped
+#    populations S = 1 ... 64; batch 10,000 of each stream in float32 (the backend's
+#    default matmul precision, TF32), in full float32 matmuls (model.matmul_precision=
+#    float32) and in bfloat16 compute; each against the chip's datasheet peak (default: an
+#    H200's dense TF32 495 and bfloat16 989 TFLOP/s), with the PyTorch peer where torch
+#    has CUDA;
 # 4. trains the converged M2 benchmark: 5 label draws (seeds) at 100 and at 3000
 #    labels, each as one population, side by side, for what is left of LIMIT_S, with
 #    m2_benchmark.py's recipe M2_RECIPE (default ours; jonemeth: his ssl-vae recipe);
@@ -42,6 +44,8 @@ bench() {  # NAME FLAGS...: one benchmark run, cut off before the M2 runs' share
 bench batch100 --populations=$pops --unlabeled_batch=200 --peak_tflops="$peak32"
 bench batch${big}_f32 --populations=1 --labeled_batch=$big --unlabeled_batch=$big \
   --peak_tflops="$peak32"
+bench batch${big}_f32full --populations=1 --labeled_batch=$big --unlabeled_batch=$big \
+  --matmul_precision=float32 --peak_tflops="$peak32" --notorch
 bench batch${big}_bf16 --populations=1 --labeled_batch=$big --unlabeled_batch=$big \
   --compute_dtype=bfloat16 --peak_tflops="$peak16" --notorch
 m2_left=$(( $(left) - 60 ))

@@ -20,13 +20,15 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_throughput_tiny_prints_the_table_and_every_json_key():
+  script = [sys.executable, str(REPO / "benchmarks" / "throughput.py")]
   proc = subprocess.run(
-      [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--tiny", "--json",
-       "--steps=2", "--populations=1,2", "--notorch", "--matmul_size=64", "--peak_tflops=1"],
+      script + ["--tiny", "--json", "--steps=2", "--populations=1,2", "--notorch",
+                "--matmul_size=64", "--peak_tflops=1", "--matmul_precision=float32"],
       capture_output=True, text=True, timeout=600, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.strip().splitlines()
   figures = json.loads(lines[-1])
+  assert figures["matmul_precision"] == "float32"
   for key in ("jax_examples_per_s", "jax_untapped_examples_per_s", "matmul_gflops",
               "useful_gflops", "vmap2_per_seed_cost_ratio"):
     assert figures[key] > 0, key
@@ -39,6 +41,11 @@ def test_throughput_tiny_prints_the_table_and_every_json_key():
   assert figures["torch_eager_examples_per_s"] is None
   table = "\n".join(lines[:-1])
   assert "| jax_m2_s2 |" in table and "| matmul 64² f32 |" in table
+  # A precision JAX has no name for: one line naming it, exit 2, nothing measured.
+  proc = subprocess.run(script + ["--matmul_precision=TF32"], capture_output=True, text=True,
+                        timeout=600, cwd=REPO)
+  assert proc.returncode == 2 and "| measurement |" not in proc.stdout
+  assert proc.stderr.strip().splitlines()[-1].startswith("throughput: --matmul_precision='TF32'")
 
 
 @pytest.mark.slow
@@ -118,6 +125,14 @@ def test_paired_steps_names_bad_replica_counts(values):
     paired_steps.parse_replicas(values)
   assert ",".join(values) in str(e.value)
   assert paired_steps.parse_replicas(["1", "4"]) == [1, 4]
+
+
+@pytest.mark.parametrize("values", [["0"], ["-2"], ["two"]])
+def test_paired_steps_names_bad_replicas_per_pass(values):
+  with pytest.raises(ValueError, match="expected positive integers") as e:
+    paired_steps.parse_per_pass(values)
+  assert ",".join(values) in str(e.value)
+  assert paired_steps.parse_per_pass(["1", "4"]) == [1, 4] and paired_steps.parse_per_pass([]) == []
 
 
 @pytest.mark.parametrize("text,named", [

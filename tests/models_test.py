@@ -76,6 +76,40 @@ def test_unknown_compute_dtype_is_named():
     models.compute_dtype("float16")
 
 
+@pytest.mark.parametrize("name,marker", [
+    ("default", "precision = [DEFAULT, DEFAULT]"), ("float32", "precision = [HIGHEST, HIGHEST]"),
+    ("tensorfloat32", "precision = [HIGH, HIGH]"),
+    ("BF16_BF16_F32_X3", "lhs_precision_type = bf16, rhs_precision_type = bf16"),
+])
+def test_matmul_precision_reaches_every_matmul_forward_and_backward(name, marker):
+  """model.matmul_precision on every dot of the unlabeled bound's parameter gradient (all
+  three networks, their transposes in the backward pass), read off the lowered program:
+  XLA:CPU computes every level in float32, so the values cannot show it."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from untapped_jax.bounds import m2  # pylint: disable=g-import-not-at-top
+  from untapped_jax.configs import default  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  c.model.hidden, c.model.latent_dim, c.model.matmul_precision = (16,), 4, name
+  graphdef, params = nnx.split(models.build(c.model, seed=0))
+  x = jnp.full((3, 784), 0.5)
+
+  def bound(p):
+    model = nnx.merge(graphdef, p)
+    return jnp.sum(jax.vmap(lambda xx: m2.unlabeled_bound(model, xx, jax.random.key(0)))(x))
+
+  dots = [line for line in jax.jit(jax.grad(bound)).lower(params).as_text().splitlines()
+          if "stablehlo.dot_general" in line]
+  assert len(dots) >= 18  # 6 layers: a forward dot and two backward dots each
+  for line in dots:
+    assert marker in line, line
+
+
+def test_unknown_matmul_precision_is_named():
+  for bad in ("float16", "DEFAULT", "TF32"):
+    with pytest.raises(ValueError, match=f"model.matmul_precision='{bad}'; expected 'default'"):
+      models.matmul_precision(bad)
+
+
 # The authors' recipe's initialiser: N(0, init_stddev^2) kernels, zero biases.
 
 poster = load_module(POSTER, "poster_config_for_models")

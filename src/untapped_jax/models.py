@@ -108,19 +108,44 @@ def compute_dtype(name: str):
   return COMPUTE_DTYPES[name]
 
 
+# JAX's names for a float32 matmul's precision (jax.default_matmul_precision): the level
+# each backend maps to its own arithmetic, e.g. 'tensorfloat32' is TF32 tensor cores on an
+# NVIDIA GPU and 'bfloat16' one bfloat16 pass on a TPU; XLA:CPU computes every level in
+# float32.
+MATMUL_PRECISION_LEVELS = ("float32", "tensorfloat32", "bfloat16")
+
+
+def matmul_precision(name: str):
+  """nnx.Linear's `precision` for model.matmul_precision: None for 'default' (the
+  backend's: TF32 on recent NVIDIA GPUs, one bfloat16 pass on TPUs, float32 on CPUs),
+  a jax.lax.Precision for a level, or a jax.lax.DotAlgorithmPreset named exactly
+  ('F32_F32_F32', 'TF32_TF32_F32', 'BF16_BF16_F32_X3', ...)."""
+  if name == "default":
+    return None
+  if name in MATMUL_PRECISION_LEVELS:
+    return jax.lax.Precision(name)
+  if name in jax.lax.DotAlgorithmPreset.__members__ and name != "DEFAULT":
+    return jax.lax.DotAlgorithmPreset[name]
+  raise ValueError(f"model.matmul_precision={name!r}; expected 'default', one of "
+                   f"{MATMUL_PRECISION_LEVELS}, or a jax.lax.DotAlgorithmPreset name such as "
+                   "'F32_F32_F32' or 'TF32_TF32_F32'.")
+
+
 class MLP(nnx.Module):
   """Linear layers with `activation` between them (none after the last).
 
   Parameters are float32; the layers compute in `dtype` (None: the parameters' own;
-  bfloat16: matmuls and activations at half width) and the output is at least float32,
-  so the bounds' sums over pixels and labels stay in float32 whatever the layers use.
+  bfloat16: matmuls and activations at half width), their matmuls at `precision`
+  (matmul_precision), and the output is at least float32, so the bounds' sums over
+  pixels and labels stay in float32 whatever the layers use.
   """
 
   def __init__(self, din: int, hidden: Sequence[int], dout: int, *, activation: str,
-               rngs: nnx.Rngs, kernel_init=None, dtype=None):
+               rngs: nnx.Rngs, kernel_init=None, dtype=None, precision=None):
     sizes = [din, *hidden, dout]
     self.layers = nnx.List([nnx.Linear(a, b, **_linear_inits(kernel_init, a), rngs=rngs,
-                                       dtype=dtype, param_dtype=jnp.float32)
+                                       dtype=dtype, param_dtype=jnp.float32,
+                                       precision=precision)
                             for a, b in zip(sizes, sizes[1:])])
     self.activation = activation_fn(activation)
 
@@ -135,9 +160,9 @@ class Classifier(nnx.Module):
   """q(y|x): x [..., D] -> logits [..., K]."""
 
   def __init__(self, *, num_pixels, num_classes, hidden, activation, rngs, kernel_init=None,
-               dtype=None):
+               dtype=None, precision=None):
     self.net = MLP(num_pixels, hidden, num_classes, activation=activation, rngs=rngs,
-                   kernel_init=kernel_init, dtype=dtype)
+                   kernel_init=kernel_init, dtype=dtype, precision=precision)
 
   def __call__(self, x):
     return self.net(x)
@@ -152,19 +177,19 @@ class Encoder(nnx.Module):
   """
 
   def __init__(self, *, num_pixels, num_classes, latent_dim, hidden, activation, rngs,
-               kernel_init=None, dtype=None):
+               kernel_init=None, dtype=None, precision=None):
     if not hidden:
       raise ValueError("model.hidden=(): the encoder needs at least one hidden layer.")
     # One layer over [x, y] split in two: both halves are initialised at its fan-in.
     inits = _linear_inits(kernel_init, num_pixels + num_classes)
     self.from_x = nnx.Linear(num_pixels, hidden[0], **inits, rngs=rngs, dtype=dtype,
-                             param_dtype=jnp.float32)
+                             param_dtype=jnp.float32, precision=precision)
     self.from_y = nnx.Linear(num_classes, hidden[0], use_bias=False,
                              kernel_init=inits["kernel_init"], rngs=rngs, dtype=dtype,
-                             param_dtype=jnp.float32)
+                             param_dtype=jnp.float32, precision=precision)
     self.activation = activation_fn(activation)
     self.net = MLP(hidden[0], hidden[1:], 2 * latent_dim, activation=activation, rngs=rngs,
-                   kernel_init=kernel_init, dtype=dtype)
+                   kernel_init=kernel_init, dtype=dtype, precision=precision)
 
   def __call__(self, x, y):
     h = self.activation(self.from_x(x) + self.from_y(y))
@@ -176,9 +201,9 @@ class Decoder(nnx.Module):
   """p(x|y,z), independent Bernoulli pixels: (y [..., K], z [..., Z]) -> logits [..., D]."""
 
   def __init__(self, *, num_pixels, num_classes, latent_dim, hidden, activation, rngs,
-               kernel_init=None, dtype=None):
+               kernel_init=None, dtype=None, precision=None):
     self.net = MLP(num_classes + latent_dim, hidden, num_pixels, activation=activation,
-                   rngs=rngs, kernel_init=kernel_init, dtype=dtype)
+                   rngs=rngs, kernel_init=kernel_init, dtype=dtype, precision=precision)
 
   def __call__(self, y, z):
     return self.net(jnp.concatenate([y, z], -1))
@@ -189,10 +214,11 @@ class M2(nnx.Module):
 
   def __init__(self, *, num_pixels: int = 784, num_classes: int = 10, latent_dim: int = 50,
                hidden: Sequence[int] = (500,), activation: str = "softplus",
-               rngs: nnx.Rngs, kernel_init=None, dtype=None):
+               rngs: nnx.Rngs, kernel_init=None, dtype=None, precision=None):
     self.num_pixels, self.num_classes, self.latent_dim = num_pixels, num_classes, latent_dim
     common = dict(num_pixels=num_pixels, num_classes=num_classes, hidden=tuple(hidden),
-                  activation=activation, rngs=rngs, kernel_init=kernel_init, dtype=dtype)
+                  activation=activation, rngs=rngs, kernel_init=kernel_init, dtype=dtype,
+                  precision=precision)
     self.classifier = Classifier(**common)
     self.encoder = Encoder(latent_dim=latent_dim, **common)
     self.decoder = Decoder(latent_dim=latent_dim, **common)
@@ -210,4 +236,5 @@ def build_from_key(model_config: Any, key: jax.Array) -> M2:
             activation=model_config.activation,
             rngs=nnx.Rngs(key),
             kernel_init=kernel_initializer(model_config.kernel_init, model_config.init_stddev),
-            dtype=compute_dtype(model_config.get("compute_dtype", "float32")))
+            dtype=compute_dtype(model_config.get("compute_dtype", "float32")),
+            precision=matmul_precision(model_config.get("matmul_precision", "default")))

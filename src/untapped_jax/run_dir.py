@@ -47,6 +47,7 @@ def validate(config) -> None:
   splits_lib.check_config(config.data)
   models.activation_fn(config.model.activation)
   models.compute_dtype(config.model.compute_dtype)
+  models.matmul_precision(config.model.matmul_precision)
   models.kernel_initializer(config.model.kernel_init, config.model.init_stddev)
   if not config.model.hidden or any(h < 1 for h in config.model.hidden):
     raise ValueError(f"model.hidden={tuple(config.model.hidden)}; expected positive widths, "

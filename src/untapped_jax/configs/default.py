@@ -48,6 +48,11 @@ def get_config() -> ml_collections.ConfigDict:
   # What the layers compute in: 'float32', or 'bfloat16' (parameters, optimizer and the
   # bounds' sums stay float32; docs/benchmarks.md says how far it moves the bounds).
   c.model.compute_dtype = "float32"
+  # The layers' float32 matmul precision (models.matmul_precision): 'default' is the
+  # backend's (TF32 on recent NVIDIA GPUs, one bfloat16 pass on TPUs, float32 on CPUs);
+  # 'float32' is full float32 everywhere; 'tensorfloat32', 'bfloat16' or a
+  # jax.lax.DotAlgorithmPreset name such as 'TF32_TF32_F32' ask for less.
+  c.model.matmul_precision = "default"
 
   c.objective = ml_collections.ConfigDict()
   # 'dataset': each stream's sum estimated from its batch mean (module doc of objective.py);
