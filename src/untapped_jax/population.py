@@ -40,12 +40,18 @@ def replicas_per_pass(setting: int) -> int:
   population's activations outgrow the caches a lone run's fit in (8 replicas vmapped
   cost 1.12x a lone run per replica, one at a time 0.85x: docs/benchmarks.md), and all
   at once elsewhere (0), where the vmap is what makes a population cheap."""
+  if check_replicas_per_pass(setting):
+    return setting
+  return 1 if jax.default_backend() == "cpu" and jax.device_count() == 1 else 0
+
+
+def check_replicas_per_pass(setting: int) -> int:
+  """`setting`, or a ValueError naming it; asks nothing of the backend, so start-up can
+  check it before jax.distributed starts."""
   if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
     raise ValueError(f"train.replicas_per_pass={setting!r}; expected 0 (one at a time on a "
                      "lone CPU device, all at once elsewhere) or a positive integer.")
-  if setting:
-    return setting
-  return 1 if jax.default_backend() == "cpu" and jax.device_count() == 1 else 0
+  return setting
 
 
 def population_signature(config) -> str:

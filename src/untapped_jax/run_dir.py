@@ -58,7 +58,7 @@ def validate(config) -> None:
                      f"a multiple of train.log_every={log_every}, so that a resumed run "
                      "restarts at a logged step and logs the same numbers.")
   train_state_lib.make_optimizer(config.train)
-  population_lib.replicas_per_pass(config.train.replicas_per_pass)
+  population_lib.check_replicas_per_pass(config.train.replicas_per_pass)
   objective.loss_numbers(config, num_labeled=1, num_unlabeled=1, num_label_only=1,
                          pixel_probs=np.full(config.model.num_pixels, 0.5, np.float32))
 
