@@ -10,7 +10,9 @@ validation/accuracy. The published points are jonemeth/generative-models `ssl-va
 (one hidden layer; PUBLISHED below, with their source) and Pyro's SS-VAE tutorial's final
 figure; an epoch is one pass over the 50,000 unlabeled training images in every curve, so
 the x axes agree whatever the batch. The JSON keeps each run's curve (step, unlabeled
-epochs, validation accuracy and bounds) beside the published points, for the README's table.
+epochs, validation accuracy and bounds) beside the published points, and the script prints
+the README's table: each run's validation accuracy at the epochs jonemeth's log records
+(and at each run's last evaluation), beside his, with the first run's unlabeled bound.
 """
 
 from __future__ import annotations
@@ -129,6 +131,30 @@ def read_curve(run_dir: str) -> list[dict]:
   return [points[s] for s in sorted(points)]
 
 
+def table(curves: dict[str, list[dict]], labels: int) -> str:
+  """Markdown: a row per epoch that jonemeth's log records and some run reached (or that
+  is a run's last evaluation), each run's validation accuracy, his, and the first run's
+  validation unlabeled bound (nats)."""
+  by_epoch = {name: {round(p["unlabeled_epochs"]): p for p in points}
+              for name, points in curves.items()}
+  theirs = PUBLISHED[labels]["jonemeth validation"]
+  epochs = sorted({e for points in by_epoch.values() for e in points if e in theirs}
+                  | {round(points[-1]["unlabeled_epochs"]) for points in curves.values()})
+  first = next(iter(curves))
+  pct = lambda p: "" if p is None else f"{100 * p:.1f}%"
+  lines = ["| epochs | " + " | ".join(f"{name}, validation" for name in curves)
+           + " | jonemeth's log, validation | " + f"{first}, validation unlabeled bound |",
+           "|---" * (len(curves) + 3) + "|"]
+  for e in epochs:
+    points = [by_epoch[name].get(e) for name in curves]
+    bound = by_epoch[first].get(e)
+    lines.append(f"| {e} | " + " | ".join(pct(p and p["validation_accuracy"]) for p in points)
+                 + f" | {pct(theirs.get(e))} | "
+                 + (f"{bound['validation_unlabeled_bound']:.1f} |"
+                    if bound and "validation_unlabeled_bound" in bound else " |"))
+  return "\n".join(lines)
+
+
 def draw(curves: dict[str, list[dict]], labels: int, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -185,6 +211,7 @@ def main(argv=None) -> int:
     last = points[-1]
     print(f"{name}: {len(points)} evaluations, last at {last['unlabeled_epochs']:.0f} epochs: "
           f"validation accuracy {last['validation_accuracy']:.4f}")
+  print(table(curves, args.labels))
   return 0
 
 

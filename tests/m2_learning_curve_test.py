@@ -47,6 +47,24 @@ def test_writes_the_figure_and_the_curves_with_the_published_points(tmp_path):
   assert saved["published"]["jonemeth test"]["3000"] == 0.9285
 
 
+def test_the_table_has_the_published_epochs_each_run_reached_and_each_runs_last(tmp_path):
+  write_metrics(tmp_path / "a", [
+      {"step": s * 100, "unlabeled_epochs": float(s), "validation/accuracy": s / 100,
+       "validation/unlabeled_bound": -100.0 - s / 10} for s in (5, 10, 20, 25)])
+  write_metrics(tmp_path / "b", [
+      {"step": 1000, "unlabeled_epochs": 10.0, "validation/accuracy": 0.7}])
+  curves = {"a": learning_curve.read_curve(str(tmp_path / "a")),
+            "b": learning_curve.read_curve(str(tmp_path / "b"))}
+  rows = learning_curve.table(curves, 3000).splitlines()
+  assert rows[0] == ("| epochs | a, validation | b, validation | jonemeth's log, validation "
+                     "| a, validation unlabeled bound |")
+  # Epoch 5 is in no log; 10 and 20 are in jonemeth's (80.54%, 82.47% at 3000 labels);
+  # 25 is run a's last evaluation, 10 run b's.
+  assert rows[2:] == ["| 10 | 10.0% | 70.0% | 80.5% | -101.0 |",
+                      "| 20 | 20.0% |  | 82.5% | -102.0 |",
+                      "| 25 | 25.0% |  |  | -102.5 |"]
+
+
 def test_a_folder_without_metrics_is_named_and_nothing_is_written(tmp_path):
   (tmp_path / "empty").mkdir()
   out = tmp_path / "curve.png"
