@@ -13,10 +13,12 @@ another's caches:
     label-only batches; unlabeled examples per second.
   - torch_eager, torch_compile: benchmarks/torch_m2.py, the same layers and batches
     (needs the 'bench' extra: pip install -e '.[bench]').
-  - jax_m2_sS: S replicas of the M2 step vmapped; cost per replica relative to S
-    separate steps, t_S / (S t_1).
-  - matmul: this machine's square matmul GFLOP/s (--matmul_size, in --compute_dtype; on a
-    GPU, JAX's default precision computes float32 matmuls in TF32).
+  - jax_m2_sS: a population of S replicas of the M2 step, as the package steps it
+    (train.replicas_per_pass's default: vmapped on an accelerator, one replica's
+    gradients at a time on a lone CPU device); cost per replica relative to S separate
+    steps, t_S / (S t_1).
+  - matmul: this machine's square matmul GFLOP/s (--matmul_size, in --compute_dtype, at
+    --matmul_precision; on a GPU, JAX's default precision computes float32 matmuls in TF32).
 With --peak_tflops (the chip's datasheet peak for the compute dtype, e.g. an H200's
 dense TF32 495 or bfloat16 989) the JSON adds the fraction of it that the M2 step's
 useful FLOPs and the matmul reach. On a CUDA machine the PyTorch peer runs on the GPU.
