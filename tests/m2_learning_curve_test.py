@@ -45,6 +45,8 @@ def test_writes_the_figure_and_the_curves_with_the_published_points(tmp_path):
   # jonemeth's log: 93.19% validation and 92.85% test after 3000 epochs at 100 labels.
   assert saved["published"]["jonemeth validation"]["3000"] == 0.9319
   assert saved["published"]["jonemeth test"]["3000"] == 0.9285
+  # Every 10th epoch to 200 (log.txt's "epoch: 0090/3000, val_accuracy:0.6317").
+  assert saved["published"]["jonemeth validation"]["90"] == 0.6317
 
 
 def test_the_table_has_the_published_epochs_each_run_reached_and_each_runs_last(tmp_path):
