@@ -128,7 +128,7 @@ def jax_runners(variants, *, model, unlabeled_batch, labeled_batch, tiny):
 def population_runners(sizes, *, model, unlabeled_batch, labeled_batch, tiny, per_pass=()):
   """({name: run}, {name: compile seconds}): the package's train step (make_train_step, its
   own compile options) over S replicas, as train_population runs it: population_S with
-  the default train.replicas_per_pass, population_S_per_pass_P with P (P < S only)."""
+  the default train.replicas_per_pass, population_S_per_pass_P with P (1 < S, P <= S)."""
   runners, compile_s = {}, {}
   entries = [(size, p) for size in sizes for p in (0, *per_pass) if p == 0 or 1 < size >= p]
   for size, p in entries:
@@ -144,28 +144,28 @@ def population_runners(sizes, *, model, unlabeled_batch, labeled_batch, tiny, pe
   return runners, compile_s
 
 
+def _positive_ints(values, flag: str, expected: str, *, need_one: bool = False) -> list[int]:
+  """A list flag's values as positive integers (none given: []); else one ValueError
+  naming the flag, its values and `expected`."""
+  try:
+    ints = [int(v) for v in values]
+  except ValueError:
+    ints = []
+  if values and (not ints or min(ints) < 1 or (need_one and 1 not in ints)):
+    raise ValueError(f"--{flag}={','.join(values)}: expected {expected}.")
+  return ints
+
+
 def parse_per_pass(values) -> list[int]:
   """--replicas_per_pass as train.replicas_per_pass values; names what is wrong."""
-  try:
-    per_pass = [int(v) for v in values]
-  except ValueError:
-    per_pass = []
-  if values and (not per_pass or min(per_pass) < 1):
-    raise ValueError(f"--replicas_per_pass={','.join(values)}: expected positive integers "
-                     "(replicas whose gradients one pass computes).")
-  return per_pass
+  return _positive_ints(values, "replicas_per_pass", "positive integers (replicas whose "
+                        "gradients one pass computes)")
 
 
 def parse_replicas(values) -> list[int]:
   """--replicas as replica counts; names what is wrong."""
-  try:
-    sizes = [int(v) for v in values]
-  except ValueError:
-    sizes = []
-  if values and (not sizes or min(sizes) < 1 or 1 not in sizes):
-    raise ValueError(f"--replicas={','.join(values)}: expected replica counts >= 1 "
-                     "including 1, the lone run each population is compared with.")
-  return sizes
+  return _positive_ints(values, "replicas", "replica counts >= 1 including 1, the lone run "
+                        "each population is compared with", need_one=True)
 
 
 def compare(runners: dict, *, rounds: int, calls: int) -> dict[str, dict]:
