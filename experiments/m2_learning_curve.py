@@ -23,6 +23,7 @@ import os
 import sys
 
 from untapped_jax import files
+from untapped_jax import stats
 
 JONEMETH_LOGS = "jonemeth/generative-models ssl-vae/logs/sslvae_1layer_mnist_{labels:04d}/version_0/log.txt"
 
@@ -129,22 +130,35 @@ def read_curve(run_dir: str) -> list[dict]:
 def table(curves: dict[str, list[dict]], labels: int) -> str:
   """Markdown: a row per epoch that jonemeth's log records and some run reached (or that
   is a run's last evaluation), each run's validation accuracy, his, and the first run's
-  validation unlabeled bound (nats)."""
+  validation unlabeled bound (nats). With several runs (seeds), two more columns: their
+  mean with its 95% Student-t interval where two or more reached the epoch, and the mean's
+  difference from his log (the same interval: his value is one number, not a sample)."""
   by_epoch = {name: {round(p["unlabeled_epochs"]): p for p in points}
               for name, points in curves.items()}
   theirs = PUBLISHED[labels]["jonemeth validation"]
   epochs = sorted({e for points in by_epoch.values() for e in points if e in theirs}
                   | {round(points[-1]["unlabeled_epochs"]) for points in curves.values()})
   first = next(iter(curves))
+  several = len(curves) > 1
   pct = lambda p: "" if p is None else f"{100 * p:.1f}%"
   lines = ["| epochs | " + " | ".join(f"{name}, validation" for name in curves)
+           + (" | mean ± 95% (n) | mean − jonemeth" if several else "")
            + " | jonemeth's log, validation | " + f"{first}, validation unlabeled bound |",
-           "|---" * (len(curves) + 3) + "|"]
+           "|---" * (len(curves) + 3 + 2 * several) + "|"]
   for e in epochs:
     points = [by_epoch[name].get(e) for name in curves]
     bound = by_epoch[first].get(e)
-    lines.append(f"| {e} | " + " | ".join(pct(p and p["validation_accuracy"]) for p in points)
-                 + f" | {pct(theirs.get(e))} | "
+    row = f"| {e} | " + " | ".join(pct(p and p["validation_accuracy"]) for p in points)
+    if several:
+      reached = [p["validation_accuracy"] for p in points if p]
+      if len(reached) > 1:
+        mean, half = stats.mean_and_interval(reached)
+        row += f" | {100 * mean:.1f}% ± {100 * half:.1f} ({len(reached)})"
+        row += (f" | {100 * (mean - theirs[e]):+.1f} ± {100 * half:.1f}" if e in theirs
+                else " | ")
+      else:
+        row += " |  | "
+    lines.append(row + f" | {pct(theirs.get(e))} | "
                  + (f"{bound['validation_unlabeled_bound']:.1f} |"
                     if bound and "validation_unlabeled_bound" in bound else " |"))
   return "\n".join(lines)

@@ -54,17 +54,34 @@ def test_the_table_has_the_published_epochs_each_run_reached_and_each_runs_last(
       {"step": s * 100, "unlabeled_epochs": float(s), "validation/accuracy": s / 100,
        "validation/unlabeled_bound": -100.0 - s / 10} for s in (5, 10, 20, 25)])
   write_metrics(tmp_path / "b", [
-      {"step": 1000, "unlabeled_epochs": 10.0, "validation/accuracy": 0.7}])
+      {"step": 1000, "unlabeled_epochs": 10.0, "validation/accuracy": 0.12}])
   curves = {"a": learning_curve.read_curve(str(tmp_path / "a")),
             "b": learning_curve.read_curve(str(tmp_path / "b"))}
   rows = learning_curve.table(curves, 3000).splitlines()
-  assert rows[0] == ("| epochs | a, validation | b, validation | jonemeth's log, validation "
+  assert rows[0] == ("| epochs | a, validation | b, validation | mean ± 95% (n) "
+                     "| mean − jonemeth | jonemeth's log, validation "
                      "| a, validation unlabeled bound |")
   # Epoch 5 is in no log; 10 and 20 are in jonemeth's (80.54%, 82.47% at 3000 labels);
-  # 25 is run a's last evaluation, 10 run b's.
-  assert rows[2:] == ["| 10 | 10.0% | 70.0% | 80.5% | -101.0 |",
-                      "| 20 | 20.0% |  | 82.5% | -102.0 |",
-                      "| 25 | 25.0% |  |  | -102.5 |"]
+  # 25 is run a's last evaluation, 10 run b's. At epoch 10 the two runs' mean is 11%,
+  # their standard error 1 point and t(0.975, 1 dof) = 12.706: ± 12.7; 11 - 80.54 = -69.5.
+  # Where one run reached the epoch there is no interval.
+  assert rows[2:] == ["| 10 | 10.0% | 12.0% | 11.0% ± 12.7 (2) | -69.5 ± 12.7 | 80.5% | -101.0 |",
+                      "| 20 | 20.0% |  |  |  | 82.5% | -102.0 |",
+                      "| 25 | 25.0% |  |  |  |  | -102.5 |"]
+
+
+def test_the_table_of_three_seeds_gives_their_mean_and_interval(tmp_path):
+  for name, accuracy in (("s0", 0.80), ("s1", 0.82), ("s2", 0.84)):
+    write_metrics(tmp_path / name, [
+        {"step": 2000, "unlabeled_epochs": 10.0, "validation/accuracy": accuracy}])
+  curves = {n: learning_curve.read_curve(str(tmp_path / n)) for n in ("s0", "s1", "s2")}
+  # Mean 82%, sd 2 points, standard error 2 / sqrt(3) = 1.155, t(0.975, 2) = 4.303:
+  # ± 4.97; 82 - 80.54 = +1.46.
+  assert learning_curve.table(curves, 3000).splitlines()[2] == (
+      "| 10 | 80.0% | 82.0% | 84.0% | 82.0% ± 5.0 (3) | +1.5 ± 5.0 | 80.5% |  |")
+  # One run: the table keeps its single-run columns.
+  single = learning_curve.table({"s0": curves["s0"]}, 3000).splitlines()
+  assert single[2] == "| 10 | 80.0% | 80.5% |  |"
 
 
 def test_a_folder_without_metrics_is_named_and_nothing_is_written(tmp_path):
