@@ -67,7 +67,7 @@ def run_row(graphdef, params, config, results: dict, data, *, num_samples: int) 
                                       mode=config.data.binarization))
   labels = np.asarray(splits.test.labels)
   posterior, classifier = generative_posterior.predictions(
-      graphdef, params, x, rng_lib.key(config.seed, rng_lib.Stream.HELDOUT),
+      graphdef, params, x, rng_lib.key(config.seed, rng_lib.Stream.POSTERIOR_ANALYSIS),
       num_samples=num_samples)
   perm = np.asarray(results["mlp_semantic_permutation"])
   seen = tuple(config.data.labeled_classes)

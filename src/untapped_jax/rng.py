@@ -32,10 +32,12 @@ class Stream(enum.IntEnum):
   LABELED_ORDER = 9     # NumPy: per-epoch order of the labeled stream
   UNLABELED_ORDER = 10  # NumPy: ... of the unlabeled stream
   LABEL_ONLY_ORDER = 11  # NumPy: ... of the label-only stream
+  POSTERIOR_ANALYSIS = 12  # experiments/posterior_accuracy.py: its importance samples of
+                           # log p(x, y), apart from the run's own evaluation draws
 
 
 JAX_STREAMS = (Stream.INIT, Stream.TRAIN, Stream.LABEL_ONLY_Z, Stream.HELDOUT, Stream.SUITE,
-               Stream.SEMANTIC_PROBE, Stream.SAMPLE_GRID)
+               Stream.SEMANTIC_PROBE, Stream.SAMPLE_GRID, Stream.POSTERIOR_ANALYSIS)
 NUMPY_STREAMS = (Stream.SPLITS, Stream.LABELED_ORDER, Stream.UNLABELED_ORDER,
                  Stream.LABEL_ONLY_ORDER)
 # data/streams.py's stream_id (0, 1, 2) -> its order stream.
