@@ -11,8 +11,9 @@ validation/accuracy. The published points are jonemeth/generative-models `ssl-va
 figure; an epoch is one pass over the 50,000 unlabeled training images in every curve, so
 the x axes agree whatever the batch. The JSON keeps each run's curve (step, unlabeled
 epochs, validation accuracy and bounds) beside the published points, and the script prints
-the README's table: each run's validation accuracy at the epochs jonemeth's log records
-(and at each run's last evaluation), beside his, with the first run's unlabeled bound.
+the README's tables: each run's validation accuracy at the epochs jonemeth's log records
+(and at each run's last evaluation), beside his, with the first run's unlabeled bound; and
+the first run's training loss and labeled log q(y|x) beside his log's.
 """
 
 from __future__ import annotations
@@ -105,6 +106,19 @@ PUBLISHED = {
 
 PYRO_TUTORIAL = {100: 0.932, 3000: 0.958}
 
+# Training loss (nats per image, the objective's scale in both: the batch's sum over its
+# labeled and unlabeled images / their number) and the labeled images' mean log q(y|x)
+# ('s_qy'), from the same log.txt's line "epoch: E, it: 100|200" (the epoch's last; an EMA
+# of the iterations with decay 0.99).
+JONEMETH_TRAINING = {
+    100: {10: (133.47, -1.36), 20: (117.67, -1.01), 50: (107.54, -0.55), 100: (103.77, -0.33),
+          150: (102.46, -0.21), 200: (101.67, -0.13), 250: (101.06, -0.09), 300: (100.49, -0.05),
+          350: (100.01, -0.03), 400: (99.56, -0.02), 450: (99.19, -0.01), 500: (98.76, -0.01)},
+    3000: {10: (120.62, -1.41), 20: (111.29, -1.20), 50: (105.03, -0.89), 100: (102.40, -0.50),
+           150: (100.89, -0.31), 200: (99.75, -0.17), 250: (99.05, -0.08), 300: (98.48, -0.05),
+           350: (97.92, -0.03), 400: (97.49, -0.02), 450: (97.21, -0.01), 500: (96.99, -0.01)},
+}
+
 
 def read_curve(run_dir: str) -> list[dict]:
   """The evaluations logged by one run: [{step, unlabeled_epochs, validation_*}], by step."""
@@ -125,6 +139,33 @@ def read_curve(run_dir: str) -> list[dict]:
     raise ValueError(f"run folder {run_dir!r} logged no validation/accuracy; expected a run "
                      "with train.eval_every > 0.")
   return [points[s] for s in sorted(points)]
+
+
+def read_training(run_dir: str) -> dict[int, dict[str, float]]:
+  """The training metrics a run logged at whole unlabeled epochs: {epoch: {'loss',
+  'log_q_y'}}, each the mean over the log window that ends there."""
+  out = {}
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    for line in f:
+      record = json.loads(line) if line.strip() else {}
+      epochs = record.get("unlabeled_epochs")
+      if "train/loss" in record and epochs is not None and epochs == round(epochs):
+        out[round(epochs)] = {"loss": record["train/loss"],
+                              "log_q_y": record.get("train/log_q_y", float("nan"))}
+  return out
+
+
+def training_table(name: str, training: dict[int, dict[str, float]], labels: int) -> str:
+  """Markdown: one run's training loss and labeled log q(y|x) beside jonemeth's log, at the
+  epochs both have."""
+  theirs = JONEMETH_TRAINING[labels]
+  lines = [f"| epochs | {name}, training loss | jonemeth's log | difference | {name}, labeled "
+           "log q(y\\|x) | jonemeth's log |", "|---" * 6 + "|"]
+  for e in sorted(set(training) & set(theirs)):
+    ours, (loss, log_q) = training[e], theirs[e]
+    lines.append(f"| {e} | {ours['loss']:.2f} | {loss:.2f} | {ours['loss'] - loss:+.2f} | "
+                 f"{ours['log_q_y']:.2f} | {log_q:.2f} |")
+  return "\n".join(lines)
 
 
 def table(curves: dict[str, list[dict]], labels: int) -> str:
@@ -198,13 +239,14 @@ def main(argv=None) -> int:
   parser.add_argument("--out_png", required=True)
   parser.add_argument("--out_json", default="")
   args = parser.parse_args(argv)
-  curves = {}
+  curves, run_dirs = {}, {}
   try:
     for item in args.runs:
       name, sep, run_dir = item.rpartition("=")
       if not sep or not name:
         raise ValueError(f"{item!r}: expected LABEL=RUN_DIR")
       curves[name] = read_curve(run_dir)
+      run_dirs[name] = run_dir
   except ValueError as e:
     print(f"m2_learning_curve: {e}", file=sys.stderr)
     return 2
@@ -221,6 +263,9 @@ def main(argv=None) -> int:
     print(f"{name}: {len(points)} evaluations, last at {last['unlabeled_epochs']:.0f} epochs: "
           f"validation accuracy {last['validation_accuracy']:.4f}")
   print(table(curves, args.labels))
+  first_name, first_dir = next(iter(run_dirs.items()))
+  print()
+  print(training_table(first_name, read_training(first_dir), args.labels))
   return 0
 
 

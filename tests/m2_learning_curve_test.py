@@ -100,3 +100,19 @@ def test_a_run_without_validation_is_refused(tmp_path):
   assert learning_curve.main(["--labels", "3000", "--out_png", str(tmp_path / "c.png"),
                               f"x={tmp_path / 'run'}"]) == 2
   assert not (tmp_path / "c.png").exists()
+
+
+def test_the_training_table_sets_the_loss_beside_jonemeths_log(tmp_path):
+  write_metrics(tmp_path / "run", [
+      {"step": 2000, "unlabeled_epochs": 10.0, "train/loss": 120.0, "train/log_q_y": -1.5},
+      {"step": 2100, "unlabeled_epochs": 10.5, "train/loss": 119.0, "train/log_q_y": -1.4},
+      {"step": 2200, "unlabeled_epochs": 11.0, "train/loss": 118.0, "train/log_q_y": -1.3,
+       "validation/accuracy": 0.8},
+      {"step": 4000, "unlabeled_epochs": 20.0, "train/loss": 112.0, "train/log_q_y": -1.1}])
+  training = learning_curve.read_training(str(tmp_path / "run"))
+  assert sorted(training) == [10, 11, 20]  # whole epochs only
+  rows = learning_curve.training_table("s0", training, 3000).splitlines()
+  # His log at 3000 labels: loss 120.62 and s_qy -1.41 at epoch 10, 111.29 and -1.20 at 20;
+  # epoch 11 is not in it.
+  assert rows[2:] == ["| 10 | 120.00 | 120.62 | -0.62 | -1.50 | -1.41 |",
+                      "| 20 | 112.00 | 111.29 | +0.71 | -1.10 | -1.20 |"]
