@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -64,3 +66,22 @@ def test_folders_without_runs_are_errors(tmp_path):
   os.makedirs(tmp_path / "empty")
   with pytest.raises(FileNotFoundError, match="no results.json"):
     report.find_runs([str(tmp_path / "empty")])
+
+
+def test_the_command_names_a_folder_without_runs_in_one_line(tmp_path):
+  os.makedirs(tmp_path / "empty")
+  proc = subprocess.run([sys.executable, "-m", "untapped_jax.report", str(tmp_path / "empty"),
+                         f"--out={tmp_path / 'out'}"], capture_output=True, text=True)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "no results.json" in lines[0] and "empty" in lines[0], lines
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_metric_no_run_has_is_an_error_naming_it(tmp_path):
+  write_run(tmp_path / "run", seed=0, accuracy=0.5)
+  with pytest.raises(ValueError, match="test_acuracy") as e:
+    report.write_report([str(tmp_path / "run")], str(tmp_path / "out"),
+                        metrics=["test_accuracy", "test_acuracy"])
+  assert "test_accuracy" in str(e.value).split("have", 1)[1]
+  assert not (tmp_path / "out").exists()

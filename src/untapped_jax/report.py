@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import sys
 
 from untapped_jax import files
 from untapped_jax import metric_writer
@@ -71,9 +72,14 @@ def results_files(roots, *, having: str):
 def write_report(roots, out: str, *, metrics=(), reference: str = "") -> str:
   """Writes OUT/report.md (and its figures); returns the Markdown."""
   runs = find_runs(roots)
-  os.makedirs(out, exist_ok=True)
   results = {v: {s: metric_writer.read_results(d) for s, d in seeds.items()}
              for v, seeds in runs.items()}
+  known = {k for seeds in results.values() for r in seeds.values() for k in r}
+  unknown = [m for m in metrics if m not in known]
+  if unknown:
+    raise ValueError(f"--metrics {','.join(unknown)}: not in any run's results; these runs "
+                     f"have {', '.join(sorted(known))}.")
+  os.makedirs(out, exist_ok=True)
   md_table, csv_table = tables.seed_tables(results, reference=reference,
                                            metrics=tuple(metrics) or REPORT_METRICS + tables.METRICS)
   files.write_text(os.path.join(out, "report.csv"), csv_table)
@@ -106,8 +112,14 @@ def main(argv):
   if not roots:
     raise SystemExit("untapped-report DIR [DIR ...]: name at least one run or sweep folder.")
   out = f.out or os.path.join(roots[0], "report")
-  print(write_report(roots, out, metrics=f.metrics or (), reference=f.reference))
+  try:
+    md = write_report(roots, out, metrics=f.metrics or (), reference=f.reference)
+  except (FileNotFoundError, ValueError) as e:  # one line, as every start-up error
+    print(f"untapped-report: {e}", file=sys.stderr)
+    return 2
+  print(md)
   print(f"written to {out}/report.md")
+  return 0
 
 
 def run():
