@@ -239,14 +239,15 @@ def main(argv=None) -> int:
   parser.add_argument("--out_png", required=True)
   parser.add_argument("--out_json", default="")
   args = parser.parse_args(argv)
-  curves, run_dirs = {}, {}
+  curves, first_training = {}, None
   try:
     for item in args.runs:
       name, sep, run_dir = item.rpartition("=")
       if not sep or not name:
         raise ValueError(f"{item!r}: expected LABEL=RUN_DIR")
       curves[name] = read_curve(run_dir)
-      run_dirs[name] = run_dir
+      if first_training is None:
+        first_training = read_training(run_dir)
   except ValueError as e:
     print(f"m2_learning_curve: {e}", file=sys.stderr)
     return 2
@@ -263,9 +264,8 @@ def main(argv=None) -> int:
     print(f"{name}: {len(points)} evaluations, last at {last['unlabeled_epochs']:.0f} epochs: "
           f"validation accuracy {last['validation_accuracy']:.4f}")
   print(table(curves, args.labels))
-  first_name, first_dir = next(iter(run_dirs.items()))
   print()
-  print(training_table(first_name, read_training(first_dir), args.labels))
+  print(training_table(next(iter(curves)), first_training, args.labels))
   return 0
 
 
