@@ -21,7 +21,11 @@ first entry is taken round by round (paired); medians are printed. The entries:
   - population_S (--replicas 1,2,4): the package's own step over S replicas, with its
     cost per replica against population_1, t_S / (S t_1), paired round by round;
     population_S_per_pass_P for each P of --replicas_per_pass up to S > 1: the same with
-    train.replicas_per_pass=P (P = S: all S in one vmap, the accelerators' default).
+    train.replicas_per_pass=P (P = S: all S in one vmap, the accelerators' default);
+  - with --bfloat16, the precision policy's: bfloat16 and bfloat16_ynnpack, the package's
+    step under model.compute_dtype='bfloat16' (without YNNPACK, the package's CPU default,
+    and with it), and torch_eager_bfloat16 / torch_compile_bfloat16, the PyTorch peer
+    under torch.autocast.
 A short sleep between turns lets the other runtime's worker threads stop spinning. Timings
 only; nothing here asserts a speed.
 """
@@ -51,6 +55,7 @@ CPU_VARIANTS = {
                     "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
 }
 TORCH_ENTRIES = ("torch_eager", "torch_compile")
+BFLOAT16_ENTRIES = {"bfloat16": False, "bfloat16_ynnpack": True}  # name: xla_cpu_ynnpack
 PAUSE_S = 0.2
 
 _MODEL = flags.DEFINE_enum("model", "m2", ["m2", "untapped"], "Whose train step.")
@@ -62,6 +67,10 @@ _REPLICAS = flags.DEFINE_list(
 _PER_PASS = flags.DEFINE_list(
     "replicas_per_pass", [], "More train.replicas_per_pass values P: adds a "
     "population_S_per_pass_P entry for each S > 1 of --replicas beside the default's.")
+_BFLOAT16 = flags.DEFINE_bool(
+    "bfloat16", False, "Add the precision policy's entries: the package's step under "
+    "model.compute_dtype='bfloat16', without and with YNNPACK, and (--model m2) the PyTorch "
+    "peer under torch.autocast(bfloat16).")
 _VARIANTS = flags.DEFINE_string("variants", "", "JSON {name: {option: value}}; the first "
                                 "is the reference (default: CPU_VARIANTS).")
 # --unlabeled_batch, --labeled_batch, --tiny, --json and --torch are throughput.py's flags.
@@ -83,9 +92,10 @@ def parse_variants(text: str) -> dict[str, dict[str, str]]:
       isinstance(v, dict) for v in variants.values()):
     raise ValueError(f"--variants={text!r}: expected a non-empty JSON object of "
                      '{"name": {"xla_option": "value"}}.')
-  clash = sorted(set(variants) & set(TORCH_ENTRIES))
+  clash = sorted(set(variants) & {*TORCH_ENTRIES, *BFLOAT16_ENTRIES,
+                                   *(f"{name}_bfloat16" for name in TORCH_ENTRIES)})
   if clash:
-    raise ValueError(f"--variants names {clash}, the PyTorch entries' names; rename them.")
+    raise ValueError(f"--variants names {clash}, the other entries' names; rename them.")
   return {name: {k: str(v) for k, v in options.items()} for name, options in variants.items()}
 
 
@@ -122,6 +132,23 @@ def jax_runners(variants, *, model, unlabeled_batch, labeled_batch, tiny):
                        f"{str(e).splitlines()[0]}") from e
     compile_s[name] = time.perf_counter() - start
     runners[name] = step_runner(compiled, jax.tree.map(lambda a: a.copy(), state), inputs)
+  return runners, compile_s
+
+
+def bfloat16_runners(*, model, unlabeled_batch, labeled_batch, tiny):
+  """({name: run}, {name: compile seconds}): the package's train step under
+  model.compute_dtype='bfloat16' (float32 parameters), from the variants' initial state,
+  compiled without YNNPACK (the package's CPU default) and with it."""
+  runners, compile_s = {}, {}
+  for name, ynnpack in BFLOAT16_ENTRIES.items():
+    _, step, (state, *inputs) = throughput.step_and_inputs(
+        model, 1, unlabeled_batch=unlabeled_batch, labeled_batch=labeled_batch, tiny=tiny,
+        compute_dtype="bfloat16", xla_cpu_ynnpack=ynnpack)
+    run = step_runner(step, state, inputs)
+    start = time.perf_counter()
+    run(1)
+    compile_s[name] = time.perf_counter() - start
+    runners[name] = run
   return runners, compile_s
 
 
@@ -203,15 +230,22 @@ def main(argv):
                                       per_pass=per_pass)
     runners.update(more)
     compile_s.update(more_s)
+    if _BFLOAT16.value:
+      more, more_s = bfloat16_runners(model=_MODEL.value, unlabeled_batch=_UNLABELED.value,
+                                      labeled_batch=_LABELED.value, tiny=_TINY.value)
+      runners.update(more)
+      compile_s.update(more_s)
   except ValueError as e:
     print(f"paired_steps: {e}", file=sys.stderr)
     sys.exit(2)
   if _TORCH.value and _MODEL.value == "m2" and throughput.torch_available():
     import torch  # pylint: disable=g-import-not-at-top
-    for name in TORCH_ENTRIES:
+    dtypes = ("float32", "bfloat16") if _BFLOAT16.value else ("float32",)
+    for name, dtype in [(n, d) for d in dtypes for n in TORCH_ENTRIES]:
+      name += "" if dtype == "float32" else f"_{dtype}"
       _, runners[name] = throughput.torch_step_and_inputs(
-          name == "torch_compile", unlabeled_batch=_UNLABELED.value, tiny=_TINY.value,
-          labeled_batch=_LABELED.value)
+          name.startswith("torch_compile"), unlabeled_batch=_UNLABELED.value,
+          tiny=_TINY.value, labeled_batch=_LABELED.value, compute_dtype=dtype)
       start = time.perf_counter()
       runners[name](3)  # torch.compile compiles on the first calls
       compile_s[name] = time.perf_counter() - start
@@ -224,6 +258,7 @@ def main(argv):
     f["compile_s"] = compile_s[name]
     if name in variants:
       f["options"] = variants[name]
+    if name in variants or name in BFLOAT16_ENTRIES:
       f["loss_relative_difference"] = (abs(f["final_loss"] - figures[first]["final_loss"])
                                        / abs(figures[first]["final_loss"]))
   if sizes:
@@ -243,7 +278,7 @@ def main(argv):
         "| loss, relative difference from the first |")
   print("|---|---|---|---|---|---|")
   for name, f in figures.items():
-    if name in variants:
+    if "loss_relative_difference" in f:
       difference = f"{f['loss_relative_difference']:.1e}"
     elif name.startswith("population_"):
       difference = f"per replica {f['per_replica_cost_ratio']:.3f} of population_1"

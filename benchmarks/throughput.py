@@ -50,7 +50,8 @@ _LABELED = flags.DEFINE_integer("labeled_batch", -1,
                                 "Labeled images per step (-1: the config's, 100).")
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 1024, "Side of the square matmul.")
 _DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
-                           "model.compute_dtype of the JAX steps and the matmul's dtype.")
+                           "model.compute_dtype of the JAX steps, the matmul's dtype, and "
+                           "the PyTorch peer's (bfloat16: under torch.autocast).")
 _PRECISION = flags.DEFINE_string(
     "matmul_precision", "default", "model.matmul_precision of the JAX steps and the "
     "matmul's precision ('default': the backend's, TF32 on recent NVIDIA GPUs; 'float32').")
@@ -171,9 +172,11 @@ def measure_jax(model_name: str, num_replicas: int, *, unlabeled_batch, steps, t
           "unlabeled_per_step": config.data.unlabeled_batch_size * num_replicas}
 
 
-def torch_step_and_inputs(compile_step: bool, *, unlabeled_batch, tiny, labeled_batch=-1):
+def torch_step_and_inputs(compile_step: bool, *, unlabeled_batch, tiny, labeled_batch=-1,
+                          compute_dtype="float32"):
   """(config, run) for benchmarks/torch_m2.py's M2 on one synthetic batch: run(n) takes
-  n Adam steps, waits for the device and returns the last loss."""
+  n Adam steps, waits for the device and returns the last loss; compute_dtype 'bfloat16'
+  runs them under torch.autocast."""
   import torch  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import torch_m2  # pylint: disable=g-import-not-at-top
@@ -185,7 +188,7 @@ def torch_step_and_inputs(compile_step: bool, *, unlabeled_batch, tiny, labeled_
   torch.manual_seed(0)
   model = torch_m2.TorchM2(num_pixels=m.num_pixels, num_classes=m.num_classes,
                            latent_dim=m.latent_dim, hidden=m.hidden[0]).to(device)
-  step = torch_m2.make_step(model, compile_step=compile_step)
+  step = torch_m2.make_step(model, compile_step=compile_step, compute_dtype=compute_dtype)
   binary = lambda n: torch.bernoulli(torch.full((n, m.num_pixels), 0.2, device=device))
   xl, xu = binary(d.labeled_batch_size), binary(d.unlabeled_batch_size)
   yl = torch.nn.functional.one_hot(torch.randint(0, m.num_classes, (len(xl),), device=device),
@@ -201,10 +204,11 @@ def torch_step_and_inputs(compile_step: bool, *, unlabeled_batch, tiny, labeled_
 
 
 def measure_torch(compile_step: bool, *, unlabeled_batch, steps, tiny, labeled_batch=-1,
-                  **_):
+                  compute_dtype="float32", **_):
   import torch  # pylint: disable=g-import-not-at-top
   config, run = torch_step_and_inputs(compile_step, unlabeled_batch=unlabeled_batch,
-                                      tiny=tiny, labeled_batch=labeled_batch)
+                                      tiny=tiny, labeled_batch=labeled_batch,
+                                      compute_dtype=compute_dtype)
   run(3)  # torch.compile compiles on the first calls
   start = time.perf_counter()
   run(steps)

@@ -54,14 +54,25 @@ class TorchM2(nn.Module):
     return -(labeled.mean() + self.unlabeled_bound(x_unlabeled).mean())
 
 
-def make_step(model: TorchM2, *, alpha: float = 1.0, compile_step: bool = False):
-  """step(x_labeled, y_labeled, x_unlabeled) -> loss: one Adam update."""
+def make_step(model: TorchM2, *, alpha: float = 1.0, compile_step: bool = False,
+              compute_dtype: str = "float32"):
+  """step(x_labeled, y_labeled, x_unlabeled) -> loss: one Adam update.
+
+  compute_dtype 'bfloat16' runs the forward pass under torch.autocast, as a PyTorch user
+  asks for mixed precision: matmuls in bfloat16, float32 parameters, and the reductions
+  and losses autocast keeps in float32.
+  """
+  if compute_dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"compute_dtype={compute_dtype!r}: expected 'float32' or 'bfloat16'.")
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
   loss_fn = torch.compile(model.loss) if compile_step else model.loss
+  device_type = next(model.parameters()).device.type
 
   def step(x_labeled, y_labeled, x_unlabeled):
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(x_labeled, y_labeled, x_unlabeled, alpha=alpha)
+    with torch.autocast(device_type, dtype=torch.bfloat16,
+                        enabled=compute_dtype == "bfloat16"):
+      loss = loss_fn(x_labeled, y_labeled, x_unlabeled, alpha=alpha)
     loss.backward()
     optimizer.step()
     return loss

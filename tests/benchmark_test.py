@@ -138,7 +138,7 @@ def test_paired_steps_names_bad_replicas_per_pass(values):
 @pytest.mark.parametrize("text,named", [
     ("{not json", "is not JSON"), ("[1]", "expected a non-empty JSON object"),
     ("{}", "expected a non-empty JSON object"), ('{"a": 3}', "expected a non-empty JSON object"),
-    ('{"torch_eager": {}}', "PyTorch entries' names")])
+    ('{"torch_eager": {}}', "other entries' names")])
 def test_paired_steps_names_bad_variants(text, named):
   with pytest.raises(ValueError, match=named) as e:
     paired_steps.parse_variants(text)
