@@ -176,3 +176,19 @@ def test_pyro_epochs_refuses_a_missing_data_folder():
       env={k: v for k, v in os.environ.items() if k != "UNTAPPED_DATA_DIR"})
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith("pyro_epochs: --data_dir")
+
+
+@pytest.mark.slow
+def test_paired_steps_bfloat16_entries_train_the_float32_maths_in_bfloat16():
+  """--bfloat16's entries: the package's step under compute_dtype='bfloat16', without and
+  with YNNPACK, from the float32 variants' state: near the float32 step's loss, not equal."""
+  runners, compile_s = paired_steps.bfloat16_runners(model="m2", unlabeled_batch=8,
+                                                     labeled_batch=-1, tiny=True)
+  assert list(runners) == ["bfloat16", "bfloat16_ynnpack"] and set(compile_s) == set(runners)
+  reference, _ = paired_steps.jax_runners({"no_ynnpack": {}}, model="m2", unlabeled_batch=8,
+                                          labeled_batch=-1, tiny=True)
+  float32 = reference["no_ynnpack"](3)
+  # bfloat16_runners took one step to compile; the same count of steps from here.
+  losses = [runners[name](2) for name in runners]
+  assert losses[0] == pytest.approx(losses[1], rel=1e-5)  # YNNPACK: other kernels only
+  assert losses[0] != float32 and losses[0] == pytest.approx(float32, rel=1e-3)
