@@ -600,6 +600,10 @@ def test_binarize_static_and_none():
   np.testing.assert_allclose(none, ALL_LEVELS / 255.0, rtol=1e-6)
   jitted = jax.jit(streams.binarize, static_argnames="mode")
   np.testing.assert_array_equal(jitted(x, jax.random.key(0), mode="static"), static)
+  # deeplearning.net's mnist.pkl.gz scale: k/256 exactly, its brightest pixel 0.99609375.
+  none_256 = np.asarray(jitted(x, jax.random.key(0), mode="none_256"))
+  np.testing.assert_array_equal(none_256, ALL_LEVELS.astype(np.float64) / 256)
+  assert none_256.dtype == np.float32 and none_256[-1] == 0.99609375
 
 
 def test_binarize_dynamic_is_bernoulli_of_intensity():

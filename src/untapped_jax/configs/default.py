@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 'frequencies': of every non-validation training image (MNIST's class frequencies
   # even when a class is labeled in full); 'classes': each class once (uniform).
   c.data.label_only_source = "images"
-  c.data.binarization = "dynamic"  # 'dynamic' | 'static' | 'none'
+  c.data.binarization = "dynamic"  # 'dynamic' | 'static' | 'none' (k/255) | 'none_256' (k/256)
   c.data.labeled_batch_size = 100
   c.data.unlabeled_batch_size = 100
   c.data.label_only_batch_size = 100

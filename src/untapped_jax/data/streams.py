@@ -15,7 +15,7 @@ import numpy as np
 from untapped_jax import rng as rng_lib
 
 STREAMS = ("labeled", "unlabeled", "label_only")
-BINARIZATIONS = ("dynamic", "static", "none")
+BINARIZATIONS = ("dynamic", "static", "none", "none_256")
 
 
 class CyclingStream:
@@ -98,11 +98,15 @@ def gather_images(batch, images: jax.Array):
 
 
 def binarize(images: jax.Array, rng: jax.Array, *, mode: str) -> jax.Array:
-  """uint8 [..., 784] -> float32 in {0,1} ('dynamic', 'static') or [0,1] ('none').
+  """uint8 [..., 784] -> float32 in {0,1} ('dynamic', 'static') or [0,1] ('none', 'none_256').
 
   'dynamic' draws each pixel ~ Bernoulli(intensity) afresh from `rng`;
-  'static' thresholds at 0.5.
+  'static' thresholds at 0.5; 'none' gives the grey levels k/255; 'none_256' the grey
+  levels k/256 of deeplearning.net's mnist.pkl.gz, which Kingma et al.'s and jonemeth's
+  M2 code train on (its brightest pixel 0.996, so every target keeps some entropy).
   """
+  if mode == "none_256":
+    return images.astype(jnp.float32) / 256.0
   x = images.astype(jnp.float32) / 255.0
   if mode == "dynamic":
     return jax.random.bernoulli(rng, x).astype(jnp.float32)
