@@ -135,39 +135,39 @@ def jax_runners(variants, *, model, unlabeled_batch, labeled_batch, tiny):
   return runners, compile_s
 
 
+def package_step_runner(model, num_replicas, **step_kw):
+  """(run, compile seconds): the package's own train step (make_train_step, its own
+  compile options) over `num_replicas` replicas; step_kw as throughput.step_and_inputs."""
+  _, step, (state, *inputs) = throughput.step_and_inputs(model, num_replicas, **step_kw)
+  run = step_runner(step, state, inputs)
+  start = time.perf_counter()
+  run(1)
+  return run, time.perf_counter() - start
+
+
 def bfloat16_runners(*, model, unlabeled_batch, labeled_batch, tiny):
   """({name: run}, {name: compile seconds}): the package's train step under
   model.compute_dtype='bfloat16' (float32 parameters), from the variants' initial state,
   compiled without YNNPACK (the package's CPU default) and with it."""
   runners, compile_s = {}, {}
   for name, ynnpack in BFLOAT16_ENTRIES.items():
-    _, step, (state, *inputs) = throughput.step_and_inputs(
+    runners[name], compile_s[name] = package_step_runner(
         model, 1, unlabeled_batch=unlabeled_batch, labeled_batch=labeled_batch, tiny=tiny,
         compute_dtype="bfloat16", xla_cpu_ynnpack=ynnpack)
-    run = step_runner(step, state, inputs)
-    start = time.perf_counter()
-    run(1)
-    compile_s[name] = time.perf_counter() - start
-    runners[name] = run
   return runners, compile_s
 
 
 def population_runners(sizes, *, model, unlabeled_batch, labeled_batch, tiny, per_pass=()):
-  """({name: run}, {name: compile seconds}): the package's train step (make_train_step, its
-  own compile options) over S replicas, as train_population runs it: population_S with
-  the default train.replicas_per_pass, population_S_per_pass_P with P (1 < S, P <= S)."""
+  """({name: run}, {name: compile seconds}): the package's train step over S replicas, as
+  train_population runs it: population_S with the default train.replicas_per_pass,
+  population_S_per_pass_P with P (1 < S, P <= S)."""
   runners, compile_s = {}, {}
   entries = [(size, p) for size in sizes for p in (0, *per_pass) if p == 0 or 1 < size >= p]
   for size, p in entries:
     name = f"population_{size}" + (f"_per_pass_{p}" if p else "")
-    _, step, (state, *inputs) = throughput.step_and_inputs(
+    runners[name], compile_s[name] = package_step_runner(
         model, size, unlabeled_batch=unlabeled_batch, labeled_batch=labeled_batch, tiny=tiny,
         replicas_per_pass=p)
-    run = step_runner(step, state, inputs)
-    start = time.perf_counter()
-    run(1)
-    compile_s[name] = time.perf_counter() - start
-    runners[name] = run
   return runners, compile_s
 
 
