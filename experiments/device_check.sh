@@ -11,7 +11,7 @@
 #    default matmul precision, TF32), in full float32 matmuls (model.matmul_precision=
 #    float32) and in bfloat16 compute; each against the chip's datasheet peak (default: an
 #    H200's dense TF32 495 and bfloat16 989 TFLOP/s), with the PyTorch peer where torch
-#    has CUDA;
+#    has CUDA (under torch.autocast in the bfloat16 run);
 # 4. trains the converged M2 benchmark: 5 label draws (seeds) at 100 and at 3000
 #    labels, each as one population, side by side, for what is left of LIMIT_S, with
 #    m2_benchmark.py's recipe M2_RECIPE (default ours; jonemeth: his ssl-vae recipe);
@@ -51,7 +51,7 @@ if [[ "${M2_ONLY:-0}" != 1 ]]; then
   bench batch${big}_f32full --populations=1 --labeled_batch=$big --unlabeled_batch=$big \
     --matmul_precision=float32 --peak_tflops="$peak32" --notorch
   bench batch${big}_bf16 --populations=1 --labeled_batch=$big --unlabeled_batch=$big \
-    --compute_dtype=bfloat16 --peak_tflops="$peak16" --notorch
+    --compute_dtype=bfloat16 --peak_tflops="$peak16"
 fi
 m2_left=$(( $(left) - 60 ))
 # Our recipe runs until the time limit; jonemeth's keeps its own length (3000 epochs) and
