@@ -185,9 +185,9 @@ def test_paired_steps_bfloat16_entries_train_the_float32_maths_in_bfloat16():
   runners, compile_s = paired_steps.bfloat16_runners(model="m2", unlabeled_batch=8,
                                                      labeled_batch=-1, tiny=True)
   assert list(runners) == ["bfloat16", "bfloat16_ynnpack"] and set(compile_s) == set(runners)
-  reference, _ = paired_steps.jax_runners({"no_ynnpack": {}}, model="m2", unlabeled_batch=8,
+  reference, _ = paired_steps.jax_runners({"float32": {}}, model="m2", unlabeled_batch=8,
                                           labeled_batch=-1, tiny=True)
-  float32 = reference["no_ynnpack"](3)
+  float32 = reference["float32"](3)
   # bfloat16_runners took one step to compile; the same count of steps from here.
   losses = [runners[name](2) for name in runners]
   assert losses[0] == pytest.approx(losses[1], rel=1e-5)  # YNNPACK: other kernels only
