@@ -24,8 +24,9 @@ first entry is taken round by round (paired); medians are printed. The entries:
     train.replicas_per_pass=P (P = S: all S in one vmap, the accelerators' default);
   - with --bfloat16, the precision policy's: bfloat16 and bfloat16_ynnpack, the package's
     step under model.compute_dtype='bfloat16' (without YNNPACK, the package's CPU default,
-    and with it), and torch_eager_bfloat16 / torch_compile_bfloat16, the PyTorch peer
-    under torch.autocast.
+    and with it); bfloat16_matmuls, under model.matmul_precision='BF16_BF16_F32' (bfloat16
+    products, float32 sums and activations, as autocast); and torch_eager_bfloat16 /
+    torch_compile_bfloat16, the PyTorch peer under torch.autocast.
 A short sleep between turns lets the other runtime's worker threads stop spinning. Timings
 only; nothing here asserts a speed.
 """
@@ -55,7 +56,12 @@ CPU_VARIANTS = {
                     "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
 }
 TORCH_ENTRIES = ("torch_eager", "torch_compile")
-BFLOAT16_ENTRIES = {"bfloat16": False, "bfloat16_ynnpack": True}  # name: xla_cpu_ynnpack
+# name: the package's step settings (throughput.step_and_inputs) of each --bfloat16 entry
+BFLOAT16_ENTRIES = {
+    "bfloat16": {"compute_dtype": "bfloat16"},
+    "bfloat16_ynnpack": {"compute_dtype": "bfloat16", "xla_cpu_ynnpack": True},
+    "bfloat16_matmuls": {"matmul_precision": "BF16_BF16_F32"},
+}
 PAUSE_S = 0.2
 
 _MODEL = flags.DEFINE_enum("model", "m2", ["m2", "untapped"], "Whose train step.")
@@ -69,8 +75,9 @@ _PER_PASS = flags.DEFINE_list(
     "population_S_per_pass_P entry for each S > 1 of --replicas beside the default's.")
 _BFLOAT16 = flags.DEFINE_bool(
     "bfloat16", False, "Add the precision policy's entries: the package's step under "
-    "model.compute_dtype='bfloat16', without and with YNNPACK, and (--model m2) the PyTorch "
-    "peer under torch.autocast(bfloat16).")
+    "model.compute_dtype='bfloat16', without and with YNNPACK, and under "
+    "model.matmul_precision='BF16_BF16_F32', and (--model m2) the PyTorch peer under "
+    "torch.autocast(bfloat16).")
 _VARIANTS = flags.DEFINE_string("variants", "", "JSON {name: {option: value}}; the first "
                                 "is the reference (default: CPU_VARIANTS).")
 # --unlabeled_batch, --labeled_batch, --tiny, --json and --torch are throughput.py's flags.
@@ -146,14 +153,13 @@ def package_step_runner(model, num_replicas, **step_kw):
 
 
 def bfloat16_runners(*, model, unlabeled_batch, labeled_batch, tiny):
-  """({name: run}, {name: compile seconds}): the package's train step under
-  model.compute_dtype='bfloat16' (float32 parameters), from the variants' initial state,
-  compiled without YNNPACK (the package's CPU default) and with it."""
+  """({name: run}, {name: compile seconds}): the package's train step under each of
+  BFLOAT16_ENTRIES' settings (float32 parameters), from the variants' initial state."""
   runners, compile_s = {}, {}
-  for name, ynnpack in BFLOAT16_ENTRIES.items():
+  for name, settings in BFLOAT16_ENTRIES.items():
     runners[name], compile_s[name] = package_step_runner(
         model, 1, unlabeled_batch=unlabeled_batch, labeled_batch=labeled_batch, tiny=tiny,
-        compute_dtype="bfloat16", xla_cpu_ynnpack=ynnpack)
+        **settings)
   return runners, compile_s
 
 

@@ -181,10 +181,12 @@ def test_pyro_epochs_refuses_a_missing_data_folder():
 @pytest.mark.slow
 def test_paired_steps_bfloat16_entries_train_the_float32_maths_in_bfloat16():
   """--bfloat16's entries: the package's step under compute_dtype='bfloat16', without and
-  with YNNPACK, from the float32 variants' state: near the float32 step's loss, not equal."""
+  with YNNPACK, and under matmul_precision='BF16_BF16_F32', from the float32 variants'
+  state: near the float32 step's loss, not equal."""
   runners, compile_s = paired_steps.bfloat16_runners(model="m2", unlabeled_batch=8,
                                                      labeled_batch=-1, tiny=True)
-  assert list(runners) == ["bfloat16", "bfloat16_ynnpack"] and set(compile_s) == set(runners)
+  assert list(runners) == ["bfloat16", "bfloat16_ynnpack", "bfloat16_matmuls"]
+  assert set(compile_s) == set(runners)
   reference, _ = paired_steps.jax_runners({"float32": {}}, model="m2", unlabeled_batch=8,
                                           labeled_batch=-1, tiny=True)
   float32 = reference["float32"](3)
@@ -192,3 +194,5 @@ def test_paired_steps_bfloat16_entries_train_the_float32_maths_in_bfloat16():
   losses = [runners[name](2) for name in runners]
   assert losses[0] == pytest.approx(losses[1], rel=1e-5)  # YNNPACK: other kernels only
   assert losses[0] != float32 and losses[0] == pytest.approx(float32, rel=1e-3)
+  # bfloat16 matmuls with float32 activations: another rounding, as near.
+  assert losses[2] not in (float32, losses[0]) and losses[2] == pytest.approx(float32, rel=1e-3)

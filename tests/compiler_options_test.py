@@ -1,6 +1,8 @@
 """compiler_options: the train step's XLA option reaches XLA on the CPU, changes the
 compiled program and not the numbers, and stands aside where it should."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -18,10 +20,11 @@ OPTION = compiler_options.YNNPACK_FUSIONS
 cpu_only = pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU option")
 
 
-def small_step(xla_cpu_ynnpack: bool):
+def small_step(xla_cpu_ynnpack: bool, matmul_precision: str = "default"):
   """(compiled train step, its arguments) of a 64-unit M2 on MNIST rows."""
   c = default.get_config()
   c.model.hidden, c.model.latent_dim = (64,), 8
+  c.model.matmul_precision = matmul_precision
   c.data.labeled_batch_size = c.data.unlabeled_batch_size = c.data.label_only_batch_size = 16
   c.train.xla_cpu_ynnpack = xla_cpu_ynnpack
   graphdef, tx, state = train_state.create_train_state(c, seed=0)
@@ -45,6 +48,42 @@ def test_the_default_turns_ynnpack_off_and_true_keeps_xlas_default(monkeypatch):
   assert compiler_options.train_step_options(xla_cpu_ynnpack=False) == {OPTION: ""}
   assert compiler_options.train_step_options(xla_cpu_ynnpack=True) is None
   assert default.get_config().train.xla_cpu_ynnpack is False
+
+
+@cpu_only
+def test_bfloat16_matmuls_keep_ynnpack_for_each_dot_alone(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=1")
+  assert compiler_options.train_step_options(
+      xla_cpu_ynnpack=False, matmul_precision="BF16_BF16_F32") == {
+          OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+  assert compiler_options.train_step_options(
+      xla_cpu_ynnpack=False, matmul_precision="BF16_BF16_F32_X3") == {OPTION: ""}
+
+
+@cpu_only
+def test_under_bfloat16_matmuls_every_dot_of_the_step_is_ynnpacks_in_bfloat16(monkeypatch):
+  """model.matmul_precision='BF16_BF16_F32' on the CPU: every product of the compiled
+  train step, forward and backward, is a YNNPACK dot of bfloat16 operands (the CPU's
+  bfloat16 units), none a float32 dot that XLA fell back to; the loss stays near the
+  float32 step's."""
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=1")
+  losses = {}
+  for precision in ("default", "BF16_BF16_F32"):
+    step, (state, *inputs) = small_step(False, precision)
+    program = step.lower(state, *inputs).compile().as_text()
+    for _ in range(3):
+      state, metrics = step(state, *inputs)
+    losses[precision] = float(metrics["loss"][0])
+  computations = re.findall(r"\n(%[\w.]+ \([^\n]*\) -> [^\n]*\{\n.*?\n\})", program, re.S)
+  with_dot = [c for c in computations if re.search(r"\bdot\(", c)]
+  # 7 layers: 7 forward products, 7 weight gradients, input gradients for all but the
+  # first layers, per stream.
+  assert len(with_dot) >= 21
+  assert program.count("__ynn_fusion") >= len(with_dot)
+  for c in with_dot:
+    assert re.findall(r"= (\w+)\[[^\n]*parameter\(", c) == ["bf16", "bf16"], c
+  assert losses["BF16_BF16_F32"] == pytest.approx(losses["default"], rel=1e-2)
+  assert losses["BF16_BF16_F32"] != losses["default"]
 
 
 @cpu_only

@@ -7,6 +7,11 @@ sittings, at float32 rounding's distance in the loss (docs/benchmarks.md,
 `python benchmarks/paired_steps.py`). So `train.xla_cpu_ynnpack=False`, the default,
 compiles the train step with YNNPACK's fusions off; True keeps XLA's default.
 
+Under `model.matmul_precision='BF16_BF16_F32'` the layers' dots take bfloat16 operands
+and float32 results (bfloat16_matmul), which only YNNPACK runs on the CPU's bfloat16
+units; XLA's own emitter computes them in float32. So that policy compiles the step with
+YNNPACK for each dot alone (LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT) and the rest in XLA.
+
 The option is passed to jax.jit, not through XLA_FLAGS, so it reaches the train step only,
 and it is left out where it would not apply or could not be read: off the CPU, where
 XLA_FLAGS already sets it (the user's choice stands), and under an XLA that does not know
@@ -21,15 +26,19 @@ import os
 import jax
 
 YNNPACK_FUSIONS = "xla_cpu_experimental_ynn_fusion_type"
+YNNPACK_DOTS_ALONE = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+BFLOAT16_MATMULS = "BF16_BF16_F32"
 
 
-def train_step_options(*, xla_cpu_ynnpack: bool) -> dict[str, str] | None:
+def train_step_options(*, xla_cpu_ynnpack: bool,
+                       matmul_precision: str = "default") -> dict[str, str] | None:
   """The compiler_options for jax.jit of the train step, or None for XLA's defaults."""
   if xla_cpu_ynnpack or jax.default_backend() != "cpu":
     return None
   if YNNPACK_FUSIONS in os.environ.get("XLA_FLAGS", ""):
     return None
-  options = {YNNPACK_FUSIONS: ""}
+  options = {YNNPACK_FUSIONS: YNNPACK_DOTS_ALONE if matmul_precision == BFLOAT16_MATMULS
+             else ""}
   return options if _accepted(tuple(options.items())) else None
 
 

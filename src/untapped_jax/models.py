@@ -14,6 +14,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from untapped_jax import bfloat16_matmul
 from untapped_jax import rng as rng_lib
 
 @jax.custom_jvp
@@ -119,7 +120,8 @@ def matmul_precision(name: str):
   """nnx.Linear's `precision` for model.matmul_precision: None for 'default' (the
   backend's: TF32 on recent NVIDIA GPUs, one bfloat16 pass on TPUs, float32 on CPUs),
   a jax.lax.Precision for a level, or a jax.lax.DotAlgorithmPreset named exactly
-  ('F32_F32_F32', 'TF32_TF32_F32', 'BF16_BF16_F32_X3', ...)."""
+  ('F32_F32_F32', 'TF32_TF32_F32', 'BF16_BF16_F32_X3', ...). 'BF16_BF16_F32' on the CPU,
+  which XLA:CPU computes in float32, is carried out by bfloat16_matmul (see _linear)."""
   if name == "default":
     return None
   if name in MATMUL_PRECISION_LEVELS:
@@ -129,6 +131,15 @@ def matmul_precision(name: str):
   raise ValueError(f"model.matmul_precision={name!r}; expected 'default', one of "
                    f"{MATMUL_PRECISION_LEVELS}, or a jax.lax.DotAlgorithmPreset name such as "
                    "'F32_F32_F32' or 'TF32_TF32_F32'.")
+
+
+def _linear(din: int, dout: int, *, precision, **kwargs) -> nnx.Linear:
+  """nnx.Linear with float32 parameters at matmul_precision `precision`. BF16_BF16_F32 on
+  the CPU, which XLA:CPU would compute in float32, takes bfloat16_matmul's dot_general."""
+  if (precision == jax.lax.DotAlgorithmPreset.BF16_BF16_F32
+      and jax.default_backend() == "cpu"):
+    kwargs["dot_general"], precision = bfloat16_matmul.dot_general, None
+  return nnx.Linear(din, dout, param_dtype=jnp.float32, precision=precision, **kwargs)
 
 
 class MLP(nnx.Module):
@@ -143,9 +154,8 @@ class MLP(nnx.Module):
   def __init__(self, din: int, hidden: Sequence[int], dout: int, *, activation: str,
                rngs: nnx.Rngs, kernel_init=None, dtype=None, precision=None):
     sizes = [din, *hidden, dout]
-    self.layers = nnx.List([nnx.Linear(a, b, **_linear_inits(kernel_init, a), rngs=rngs,
-                                       dtype=dtype, param_dtype=jnp.float32,
-                                       precision=precision)
+    self.layers = nnx.List([_linear(a, b, **_linear_inits(kernel_init, a), rngs=rngs,
+                                    dtype=dtype, precision=precision)
                             for a, b in zip(sizes, sizes[1:])])
     self.activation = activation_fn(activation)
 
@@ -182,11 +192,11 @@ class Encoder(nnx.Module):
       raise ValueError("model.hidden=(): the encoder needs at least one hidden layer.")
     # One layer over [x, y] split in two: both halves are initialised at its fan-in.
     inits = _linear_inits(kernel_init, num_pixels + num_classes)
-    self.from_x = nnx.Linear(num_pixels, hidden[0], **inits, rngs=rngs, dtype=dtype,
-                             param_dtype=jnp.float32, precision=precision)
-    self.from_y = nnx.Linear(num_classes, hidden[0], use_bias=False,
-                             kernel_init=inits["kernel_init"], rngs=rngs, dtype=dtype,
-                             param_dtype=jnp.float32, precision=precision)
+    self.from_x = _linear(num_pixels, hidden[0], **inits, rngs=rngs, dtype=dtype,
+                          precision=precision)
+    self.from_y = _linear(num_classes, hidden[0], use_bias=False,
+                          kernel_init=inits["kernel_init"], rngs=rngs, dtype=dtype,
+                          precision=precision)
     self.activation = activation_fn(activation)
     self.net = MLP(hidden[0], hidden[1:], 2 * latent_dim, activation=activation, rngs=rngs,
                    kernel_init=kernel_init, dtype=dtype, precision=precision)

@@ -112,7 +112,8 @@ def make_train_step(config, graphdef: nnx.GraphDef, tx: optax.GradientTransforma
     return jax.vmap(apply_gradients)(state, grads, rng), metrics
 
   options = compiler_options.train_step_options(
-      xla_cpu_ynnpack=config.train.get("xla_cpu_ynnpack", False))
+      xla_cpu_ynnpack=config.train.get("xla_cpu_ynnpack", False),
+      matmul_precision=config.model.get("matmul_precision", "default"))
   return jax.jit(population_step, donate_argnums=0, compiler_options=options)
 
 
