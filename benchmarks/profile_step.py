@@ -1,7 +1,7 @@
 r"""Where a train step's time goes: jax.profiler over 10 steps, the XLA ops by time.
 
   python benchmarks/profile_step.py [--model m2] [--unlabeled_batch 200] [--top 25]
-      [--compute_dtype bfloat16] [--xla_cpu_ynnpack]
+      [--compute_dtype bfloat16] [--matmul_precision BF16_BF16_F32] [--xla_cpu_ynnpack]
 
 The same step and synthetic batch as throughput.py; the trace is written as a
 Perfetto JSON under --trace_dir (open it in ui.perfetto.dev) and summed per op name.
@@ -34,6 +34,7 @@ _UNLABELED = throughput._UNLABELED  # pylint: disable=protected-access  (--unlab
 _TOP = flags.DEFINE_integer("top", 25, "Ops to list.")
 _TRACE_DIR = flags.DEFINE_string("trace_dir", "", "Trace folder (default: a temporary one).")
 _DTYPE = throughput._DTYPE  # pylint: disable=protected-access  (--compute_dtype)
+_PRECISION = throughput._PRECISION  # pylint: disable=protected-access  (--matmul_precision)
 _YNNPACK = flags.DEFINE_bool("xla_cpu_ynnpack", False, "train.xla_cpu_ynnpack: compile the "
                              "step with XLA:CPU's YNNPACK fusions (the package's CPU default: "
                              "without).")
@@ -44,7 +45,8 @@ def main(argv):
   del argv
   config = throughput.bench_config(_MODEL.value, unlabeled_batch=_UNLABELED.value, tiny=False,
                                    compute_dtype=_DTYPE.value,
-                                   xla_cpu_ynnpack=_YNNPACK.value)
+                                   xla_cpu_ynnpack=_YNNPACK.value,
+                                   matmul_precision=_PRECISION.value)
   graphdef, tx, state = train_state.create_train_state(config, seed=0)
   state = train_state.stack([state])
   numbers = jax.device_put(train_state.stack([objective.loss_numbers(

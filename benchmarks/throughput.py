@@ -224,7 +224,11 @@ def measure_matmul(*, steps, matmul_size=1024, compute_dtype="float32",
   from untapped_jax import models  # pylint: disable=g-import-not-at-top
   a = jax.random.normal(jax.random.key(0), (matmul_size, matmul_size), compute_dtype)
   precision = models.matmul_precision(matmul_precision)
-  matmul = jax.jit(lambda a: jax.numpy.matmul(a, a, precision=precision))
+  # float32 sums whatever the operands, as accelerators' peaks are quoted and as the
+  # bfloat16 policies' layers ask (XLA:CPU runs a bfloat16 dot with a bfloat16 result at
+  # float32's rate, off the CPU's bfloat16 units).
+  matmul = jax.jit(lambda a: jax.numpy.matmul(a, a, precision=precision,
+                                              preferred_element_type=jax.numpy.float32))
   seconds = time_calls(lambda: matmul(a), max(steps, 20))
   return {"seconds": seconds, "gflops": 2 * matmul_size**3 / seconds / 1e9,
           "size": matmul_size, "dtype": compute_dtype, "matmul_precision": matmul_precision}

@@ -196,3 +196,25 @@ def test_paired_steps_bfloat16_entries_train_the_float32_maths_in_bfloat16():
   assert losses[0] != float32 and losses[0] == pytest.approx(float32, rel=1e-3)
   # bfloat16 matmuls with float32 activations: another rounding, as near.
   assert losses[2] not in (float32, losses[0]) and losses[2] == pytest.approx(float32, rel=1e-3)
+
+
+def test_precision_names_an_unknown_policy_and_trains_nothing(tmp_path):
+  proc = subprocess.run([sys.executable, "benchmarks/precision.py", "--workdir",
+                         str(tmp_path / "runs"), "--policies=bfloat16,float16"],
+                        capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "precision: --policies=bfloat16,float16; expected some of "
+      "['bfloat16', 'bfloat16_matmuls'].")
+  assert not (tmp_path / "runs").exists()
+
+
+def test_dot_rates_times_every_form_of_the_three_products():
+  proc = subprocess.run([sys.executable, "benchmarks/dot_rates.py", "--rows=8", "--inputs=6",
+                         "--outputs=4", "--repeats=1"], capture_output=True, text=True,
+                        timeout=600, cwd=REPO, check=True)
+  lines = proc.stdout.strip().splitlines()
+  rates = json.loads(lines[-1])
+  assert len(rates) == 10 and all(r > 0 for r in rates.values())
+  assert "weight gradient hᵀ g / float32 result, hᵀ physical" in rates
+  assert sum(line.startswith(("| forward", "| input", "| weight")) for line in lines) == 3
