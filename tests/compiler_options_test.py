@@ -65,7 +65,7 @@ def test_under_bfloat16_matmuls_every_dot_of_the_step_is_ynnpacks_in_bfloat16(mo
   """model.matmul_precision='BF16_BF16_F32' on the CPU: every product of the compiled
   train step, forward and backward, is a YNNPACK dot of bfloat16 operands (the CPU's
   bfloat16 units), none a float32 dot that XLA fell back to; the loss stays near the
-  float32 step's."""
+  float32 step's and is repeated to the bit."""
   monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=1")
   losses = {}
   for precision in ("default", "BF16_BF16_F32"):
@@ -84,6 +84,11 @@ def test_under_bfloat16_matmuls_every_dot_of_the_step_is_ynnpacks_in_bfloat16(mo
     assert re.findall(r"= (\w+)\[[^\n]*parameter\(", c) == ["bf16", "bf16"], c
   assert losses["BF16_BF16_F32"] == pytest.approx(losses["default"], rel=1e-2)
   assert losses["BF16_BF16_F32"] != losses["default"]
+  # The same bytes from the same state, as every CPU step.
+  step, (state, *inputs) = small_step(False, "BF16_BF16_F32")
+  for _ in range(3):
+    state, metrics = step(state, *inputs)
+  assert float(metrics["loss"][0]) == losses["BF16_BF16_F32"]
 
 
 @cpu_only

@@ -4,8 +4,8 @@
 operands rounded to bfloat16 and products summed in float32. A GPU honours the dot
 algorithm; XLA:CPU accepts it and computes in float32. It does run a dot of bfloat16
 operands with a float32 result (`preferred_element_type`) in YNNPACK, on the CPU's
-bfloat16 units (AVX512-BF16, AMX): about 1,000 GFLOP/s on the 2-core AMX Xeon where a
-float32 product runs at 250 (docs/benchmarks.md). So on the CPU the layers take this
+bfloat16 units (AVX512-BF16, AMX): 480-940 GFLOP/s on the 2-core AMX Xeon where the same
+float32 product runs at 150-265 (docs/benchmarks.md, benchmarks/dot_rates.py). So on the CPU the layers take this
 module's `dot_general`, and the train step keeps YNNPACK for its dots
 (compiler_options). Three things JAX and XLA would otherwise undo:
 
@@ -44,7 +44,8 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
   """
   del precision, preferred_element_type, out_sharding
   (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-  if (tuple(lhs_contract), tuple(rhs_contract)) != ((lhs.ndim - 1,), (0,)) or lhs_batch or rhs_batch:
+  contracts = (tuple(lhs_contract), tuple(rhs_contract))
+  if contracts != ((lhs.ndim - 1,), (0,)) or lhs_batch or rhs_batch:
     raise ValueError(f"bfloat16_matmul.dot_general: dimension_numbers={dimension_numbers}; "
                      f"only a Linear layer's ((({lhs.ndim - 1},), (0,)), ((), ())) is supported.")
   rows = lhs.reshape(-1, lhs.shape[-1]).astype(jnp.float32)
