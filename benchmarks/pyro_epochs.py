@@ -2,6 +2,7 @@ r"""Pyro's SS-VAE example against our M2, epoch for epoch, in one process.
 
   pip install -e '.[bench]'   # torch and pyro-ppl
   python benchmarks/pyro_epochs.py [--labels 3000] [--epochs 3] [--json]
+      [--matmul_precision BF16_BF16_F32]
 
 Pyro's semi-supervised VAE tutorial (pyro.ai/examples/ss-vae.html, its third variant: y
 summed out by parallel enumeration, plus the auxiliary classification loss) with the
@@ -13,7 +14,9 @@ loss) until the labeled set is used up. Written here from the tutorial's descrip
 model, guide and epoch loop are PyTorch + Pyro as a Pyro user would write them.
 
 Ours: `m2_benchmark.py:labels=N` as `untapped-train` runs it (batches of 100 labeled +
-100 unlabeled, one jitted step), an epoch being one pass over the unlabeled images.
+100 unlabeled, one jitted step), an epoch being one pass over the unlabeled images; with
+--matmul_precision, at that model.matmul_precision (Pyro stays in float32: the goal is
+its speed at equal or better accuracy).
 
 Both train on the same split (our seed's labeled and unlabeled images; 10k validation
 images held out of the 60k) and take turns, one epoch each, so the host's drift hits both
@@ -36,6 +39,9 @@ import numpy as np
 _LABELS = flags.DEFINE_integer("labels", 3000, "Labeled images, balanced over the digits.")
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Epochs each.")
 _SEED = flags.DEFINE_integer("seed", 0, "Split, initialisation and data order of both.")
+_PRECISION = flags.DEFINE_string("matmul_precision", "default",
+                                  "Our model.matmul_precision ('BF16_BF16_F32': bfloat16 "
+                                  "products, float32 sums).")
 _DATA_DIR = flags.DEFINE_string("data_dir", os.environ.get("UNTAPPED_DATA_DIR", ""),
                                 "MNIST's IDX folder (default: $UNTAPPED_DATA_DIR).")
 _MAX_BATCHES = flags.DEFINE_integer("max_batches", 0, "> 0: cut each epoch to this many "
@@ -48,7 +54,8 @@ PAUSE_S = 1.0  # between turns, for the other runtime's worker threads to stop s
 PYRO_LR, PYRO_BETA1, PYRO_AUX, PYRO_CLIP = 4.2e-4, 0.95, 46.0, 1e-7
 
 
-def ours(labels: int, seed: int, data_dir: str, max_batches: int):
+def ours(labels: int, seed: int, data_dir: str, max_batches: int,
+         matmul_precision: str = "default"):
   """(run_epoch(e) -> seconds, test_accuracy() -> float, splits) of our M2 benchmark."""
   import importlib.util  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -61,6 +68,7 @@ def ours(labels: int, seed: int, data_dir: str, max_batches: int):
   spec.loader.exec_module(module)
   config = module.get_config(f"labels={labels}")
   config.seed, config.data.source, config.data.dir = seed, "folder", data_dir
+  config.model.matmul_precision = matmul_precision
   data = mnist.load(config.data)
   splits = splits_lib.make_splits(data, config.data, seed=seed)
   streams = streams_lib.make_streams(splits, config, seed=seed)
@@ -195,7 +203,7 @@ def main(argv):
           "(pip install -e '.[bench]').", file=sys.stderr)
     sys.exit(2)
   our_epoch, our_accuracy, splits = ours(_LABELS.value, _SEED.value, _DATA_DIR.value,
-                                         _MAX_BATCHES.value)
+                                         _MAX_BATCHES.value, _PRECISION.value)
   pyro_epoch, pyro_accuracy = pyro_peer(splits, _SEED.value, _MAX_BATCHES.value)
   rows = []
   for epoch in range(_EPOCHS.value):
@@ -206,8 +214,9 @@ def main(argv):
     rows.append({"epoch": epoch + 1, "pyro_s": pyro_s, "ours_s": our_s,
                  "pyro_test_accuracy": pyro_accuracy(), "ours_test_accuracy": our_accuracy()})
   ratios = [r["pyro_s"] / r["ours_s"] for r in rows]
-  print(f"{_LABELS.value} labels, seed {_SEED.value}, torch threads {torch.get_num_threads()}; "
-        "seconds of training per epoch, test accuracy after it")
+  print(f"{_LABELS.value} labels, seed {_SEED.value}, torch threads {torch.get_num_threads()}, "
+        f"our matmul_precision {_PRECISION.value}; seconds of training per epoch, test "
+        "accuracy after it")
   print("| epoch | Pyro s | ours s | Pyro / ours | Pyro test accuracy | ours test accuracy |")
   print("|---|---|---|---|---|---|")
   for r, ratio in zip(rows, ratios):
@@ -216,7 +225,8 @@ def main(argv):
   print(f"median Pyro / ours per epoch: {float(np.median(ratios)):.2f}")
   if _JSON.value:
     print(json.dumps({"labels": _LABELS.value, "seed": _SEED.value,
-                      "torch_threads": torch.get_num_threads(), "epochs": rows,
+                      "torch_threads": torch.get_num_threads(),
+                      "matmul_precision": _PRECISION.value, "epochs": rows,
                       "median_ratio": float(np.median(ratios))}))
 
 

@@ -162,6 +162,7 @@ def test_pyro_epochs_trains_both_in_turns_and_reports_each_epoch():
   assert proc.returncode == 0, proc.stderr[-3000:]
   figures = json.loads(proc.stdout.strip().splitlines()[-1])
   assert [e["epoch"] for e in figures["epochs"]] == [1, 2]
+  assert figures["matmul_precision"] == "default"
   for e in figures["epochs"]:
     assert e["pyro_s"] > 0 and e["ours_s"] > 0
     # 20 batches of each: both classifiers already beat chance on MNIST's test set.
