@@ -2,6 +2,7 @@ r"""Train steps timed in turns in one process: JAX under several XLA option sets
 
   python benchmarks/paired_steps.py [--model m2] [--unlabeled_batch 200] [--rounds 8] [--json]
   python benchmarks/paired_steps.py --notorch --replicas 1,2,4 [--replicas_per_pass 4]
+      [--population_matmul_precision BF16_BF16_F32]
   python benchmarks/paired_steps.py --notorch --variants '{"default": {}, "no_ynnpack":
       {"xla_cpu_experimental_ynn_fusion_type": ""}}'
 
@@ -73,6 +74,10 @@ _REPLICAS = flags.DEFINE_list(
 _PER_PASS = flags.DEFINE_list(
     "replicas_per_pass", [], "More train.replicas_per_pass values P: adds a "
     "population_S_per_pass_P entry for each S > 1 of --replicas beside the default's.")
+_POPULATION_PRECISION = flags.DEFINE_string(
+    "population_matmul_precision", "default", "model.matmul_precision of the population_S "
+    "entries (e.g. BF16_BF16_F32: bfloat16 matmuls, whose cost per replica is then paired "
+    "against population_1 under the same policy).")
 _BFLOAT16 = flags.DEFINE_bool(
     "bfloat16", False, "Add the precision policy's entries: the package's step under "
     "model.compute_dtype='bfloat16', without and with YNNPACK, and under "
@@ -163,17 +168,19 @@ def bfloat16_runners(*, model, unlabeled_batch, labeled_batch, tiny):
   return runners, compile_s
 
 
-def population_runners(sizes, *, model, unlabeled_batch, labeled_batch, tiny, per_pass=()):
+def population_runners(sizes, *, model, unlabeled_batch, labeled_batch, tiny, per_pass=(),
+                       matmul_precision="default"):
   """({name: run}, {name: compile seconds}): the package's train step over S replicas, as
   train_population runs it: population_S with the default train.replicas_per_pass,
-  population_S_per_pass_P with P (1 < S, P <= S)."""
+  population_S_per_pass_P with P (1 < S, P <= S); all at model.matmul_precision
+  `matmul_precision`."""
   runners, compile_s = {}, {}
   entries = [(size, p) for size in sizes for p in (0, *per_pass) if p == 0 or 1 < size >= p]
   for size, p in entries:
     name = f"population_{size}" + (f"_per_pass_{p}" if p else "")
     runners[name], compile_s[name] = package_step_runner(
         model, size, unlabeled_batch=unlabeled_batch, labeled_batch=labeled_batch, tiny=tiny,
-        replicas_per_pass=p)
+        replicas_per_pass=p, matmul_precision=matmul_precision)
   return runners, compile_s
 
 
@@ -233,7 +240,8 @@ def main(argv):
     more, more_s = population_runners(sizes, model=_MODEL.value,
                                       unlabeled_batch=_UNLABELED.value,
                                       labeled_batch=_LABELED.value, tiny=_TINY.value,
-                                      per_pass=per_pass)
+                                      per_pass=per_pass,
+                                      matmul_precision=_POPULATION_PRECISION.value)
     runners.update(more)
     compile_s.update(more_s)
     if _BFLOAT16.value:

@@ -197,6 +197,11 @@ def test_paired_steps_bfloat16_entries_train_the_float32_maths_in_bfloat16():
   assert losses[0] != float32 and losses[0] == pytest.approx(float32, rel=1e-3)
   # bfloat16 matmuls with float32 activations: another rounding, as near.
   assert losses[2] not in (float32, losses[0]) and losses[2] == pytest.approx(float32, rel=1e-3)
+  # --population_matmul_precision: the population entries under the policy.
+  populations, _ = paired_steps.population_runners(
+      [1], model="m2", unlabeled_batch=8, labeled_batch=-1, tiny=True,
+      matmul_precision="BF16_BF16_F32")
+  assert populations["population_1"](2) == pytest.approx(losses[2], rel=1e-6)
 
 
 def test_precision_names_an_unknown_policy_and_trains_nothing(tmp_path):
