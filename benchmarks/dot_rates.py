@@ -13,8 +13,6 @@ one JSON line; each figure is the best of --repeats timings of 10 calls. Timings
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 
 from absl import app
@@ -23,9 +21,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "src"))
-from untapped_jax import bfloat16_matmul  # pylint: disable=g-import-not-at-top,wrong-import-position
+from untapped_jax import bfloat16_matmul
 
 _ROWS = flags.DEFINE_integer("rows", 2100, "Rows of h: (labeled + unlabeled) x labels.")
 _INPUTS = flags.DEFINE_integer("inputs", 500, "The layer's inputs.")

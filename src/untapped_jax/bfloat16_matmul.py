@@ -27,6 +27,9 @@ from jax import custom_batching
 from jax import lax
 import jax.numpy as jnp
 
+# The model.matmul_precision this module carries out on the CPU (models, compiler_options).
+MATMUL_PRECISION = "BF16_BF16_F32"
+
 # lhs [M, I] . rhs [I, O] -> [M, O]
 _ROWS_BY_COLUMNS = (((1,), (0,)), ((), ()))
 # g [M, O] . w [I, O] -> [M, I]

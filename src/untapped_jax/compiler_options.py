@@ -25,9 +25,10 @@ import os
 
 import jax
 
+from untapped_jax import bfloat16_matmul
+
 YNNPACK_FUSIONS = "xla_cpu_experimental_ynn_fusion_type"
 YNNPACK_DOTS_ALONE = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
-BFLOAT16_MATMULS = "BF16_BF16_F32"
 
 
 def train_step_options(*, xla_cpu_ynnpack: bool,
@@ -37,8 +38,8 @@ def train_step_options(*, xla_cpu_ynnpack: bool,
     return None
   if YNNPACK_FUSIONS in os.environ.get("XLA_FLAGS", ""):
     return None
-  options = {YNNPACK_FUSIONS: YNNPACK_DOTS_ALONE if matmul_precision == BFLOAT16_MATMULS
-             else ""}
+  bfloat16_dots = matmul_precision == bfloat16_matmul.MATMUL_PRECISION
+  options = {YNNPACK_FUSIONS: YNNPACK_DOTS_ALONE if bfloat16_dots else ""}
   return options if _accepted(tuple(options.items())) else None
 
 

@@ -136,7 +136,7 @@ def matmul_precision(name: str):
 def _linear(din: int, dout: int, *, precision, **kwargs) -> nnx.Linear:
   """nnx.Linear with float32 parameters at matmul_precision `precision`. BF16_BF16_F32 on
   the CPU, which XLA:CPU would compute in float32, takes bfloat16_matmul's dot_general."""
-  if (precision == jax.lax.DotAlgorithmPreset.BF16_BF16_F32
+  if (precision == jax.lax.DotAlgorithmPreset[bfloat16_matmul.MATMUL_PRECISION]
       and jax.default_backend() == "cpu"):
     kwargs["dot_general"], precision = bfloat16_matmul.dot_general, None
   return nnx.Linear(din, dout, param_dtype=jnp.float32, precision=precision, **kwargs)
