@@ -1,6 +1,7 @@
 r"""Train steps timed in turns in one process: JAX under several XLA option sets, and PyTorch.
 
   python benchmarks/paired_steps.py [--model m2] [--unlabeled_batch 200] [--rounds 8] [--json]
+  python benchmarks/paired_steps.py --matmul [--matmul_size 1024]   # useful GFLOP/s, paired
   python benchmarks/paired_steps.py --notorch --replicas 1,2,4 [--replicas_per_pass 4]
       [--population_matmul_precision BF16_BF16_F32]
   python benchmarks/paired_steps.py --notorch --variants '{"default": {}, "no_ynnpack":
@@ -23,6 +24,10 @@ first entry is taken round by round (paired); medians are printed. The entries:
     cost per replica against population_1, t_S / (S t_1), paired round by round;
     population_S_per_pass_P for each P of --replicas_per_pass up to S > 1: the same with
     train.replicas_per_pass=P (P = S: all S in one vmap, the accelerators' default);
+  - with --matmul (--model m2), matmul_N: a jitted float32 N x N matmul (--matmul_size),
+    this machine's matmul rate, timed in the same turns; every M2 step entry then gets
+    its useful GFLOP/s (throughput.py's count of the smallest exact step) and their
+    fraction of the matmul's, paired round by round;
   - with --bfloat16, the precision policy's: bfloat16 and bfloat16_ynnpack, the package's
     step under model.compute_dtype='bfloat16' (without YNNPACK, the package's CPU default,
     and with it); bfloat16_matmuls, under model.matmul_precision='BF16_BF16_F32' (bfloat16
@@ -44,6 +49,8 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from untapped_jax import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # On the CPU: XLA's default sends dots, reductions and some elementwise fusions to
 # YNNPACK; the others keep only the GEMMs in a library, or none.
@@ -83,12 +90,15 @@ _BFLOAT16 = flags.DEFINE_bool(
     "model.compute_dtype='bfloat16', without and with YNNPACK, and under "
     "model.matmul_precision='BF16_BF16_F32', and (--model m2) the PyTorch peer under "
     "torch.autocast(bfloat16).")
+_MATMUL = flags.DEFINE_bool(
+    "matmul", False, "Add matmul_N, a float32 N x N matmul (N: --matmul_size) timed in the "
+    "same turns, and each M2 step entry's useful GFLOP/s as a fraction of its rate, paired.")
 _VARIANTS = flags.DEFINE_string("variants", "", "JSON {name: {option: value}}; the first "
                                 "is the reference (default: CPU_VARIANTS).")
 # --unlabeled_batch, --labeled_batch, --tiny, --json and --torch are throughput.py's flags.
-_UNLABELED, _LABELED, _TINY, _JSON, _TORCH = (
+_UNLABELED, _LABELED, _TINY, _JSON, _TORCH, _MATMUL_SIZE = (
     throughput._UNLABELED, throughput._LABELED, throughput._TINY,  # pylint: disable=protected-access
-    throughput._JSON, throughput._TORCH)  # pylint: disable=protected-access
+    throughput._JSON, throughput._TORCH, throughput._MATMUL_SIZE)  # pylint: disable=protected-access
 
 
 def parse_variants(text: str) -> dict[str, dict[str, str]]:
@@ -184,6 +194,44 @@ def population_runners(sizes, *, model, unlabeled_batch, labeled_batch, tiny, pe
   return runners, compile_s
 
 
+def matmul_runner(size: int):
+  """(run, compile seconds, FLOPs per call): run(n) takes n float32 size x size matmuls,
+  as throughput.py's matmul row (float32 operands and sums), and returns 0.0."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  matmul = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32))
+  start = time.perf_counter()
+  jax.block_until_ready(matmul(a))
+  compile_s = time.perf_counter() - start
+
+  def run(n):
+    for _ in range(n):
+      out = matmul(a)
+    jax.block_until_ready(out)
+    return 0.0
+
+  return run, compile_s, 2.0 * size**3
+
+
+def step_flops(name: str, useful_flops: float) -> float | None:
+  """Useful FLOPs of one call of entry `name` given one M2 step's: S steps' for a
+  population_S entry, none for the matmul."""
+  if name.startswith("matmul_"):
+    return None
+  if name.startswith("population_"):
+    return useful_flops * int(name.split("_")[1])
+  return useful_flops
+
+
+def fraction_of_matmul(step_ms, matmul_ms, *, flops: float, matmul_flops: float) -> float:
+  """Median over rounds of (flops / step time) / (matmul_flops / matmul time): a step's
+  useful FLOP rate against the matmul's timed in the same round."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  step_ms, matmul_ms = np.asarray(step_ms, float), np.asarray(matmul_ms, float)
+  return float(np.median((flops / step_ms) / (matmul_flops / matmul_ms)))
+
+
 def _positive_ints(values, flag: str, expected: str, *, need_one: bool = False) -> list[int]:
   """A list flag's values as positive integers (none given: []); else one ValueError
   naming the flag, its values and `expected`."""
@@ -229,6 +277,7 @@ def compare(runners: dict, *, rounds: int, calls: int) -> dict[str, dict]:
 
 def main(argv):
   del argv
+  host_memory.keep_freed_memory()  # as the package's entry points, before JAX's threads
   import jax  # pylint: disable=g-import-not-at-top
   try:
     variants = parse_variants(_VARIANTS.value)
@@ -249,9 +298,18 @@ def main(argv):
                                       labeled_batch=_LABELED.value, tiny=_TINY.value)
       runners.update(more)
       compile_s.update(more_s)
+    if _MATMUL.value and _MODEL.value != "m2":
+      raise ValueError(f"--matmul with --model={_MODEL.value}: the useful FLOPs are counted "
+                       "for M2's step only; use --model=m2.")
+    if _MATMUL.value and _MATMUL_SIZE.value < 1:
+      raise ValueError(f"--matmul_size={_MATMUL_SIZE.value}: expected a positive side.")
   except ValueError as e:
     print(f"paired_steps: {e}", file=sys.stderr)
     sys.exit(2)
+  if _MATMUL.value:
+    matmul_name = f"matmul_{_MATMUL_SIZE.value}"
+    runners[matmul_name], compile_s[matmul_name], matmul_flops = matmul_runner(
+        _MATMUL_SIZE.value)
   if _TORCH.value and _MODEL.value == "m2" and throughput.torch_available():
     import torch  # pylint: disable=g-import-not-at-top
     dtypes = ("float32", "bfloat16") if _BFLOAT16.value else ("float32",)
@@ -267,6 +325,7 @@ def main(argv):
   else:
     threads = None
   figures = compare(runners, rounds=_ROUNDS.value, calls=_CALLS.value)
+  import numpy as np  # pylint: disable=g-import-not-at-top
   first = next(iter(variants))
   for name, f in figures.items():
     f["compile_s"] = compile_s[name]
@@ -276,13 +335,23 @@ def main(argv):
       f["loss_relative_difference"] = (abs(f["final_loss"] - figures[first]["final_loss"])
                                        / abs(figures[first]["final_loss"]))
   if sizes:
-    import numpy as np  # pylint: disable=g-import-not-at-top
     lone = np.asarray(figures["population_1"]["ms"])
     for name, f in figures.items():
       if name.startswith("population_"):
         size = int(name.split("_")[1])
         # t_S / (S t_1), round by round: above 1, a replica costs more than a lone run.
         f["per_replica_cost_ratio"] = float(np.median(np.asarray(f["ms"]) / (size * lone)))
+  if _MATMUL.value:
+    useful = 3 * throughput.useful_forward_flops(throughput.bench_config(
+        "m2", unlabeled_batch=_UNLABELED.value, tiny=_TINY.value, labeled_batch=_LABELED.value))
+    matmul_ms = figures[matmul_name]["ms"]
+    figures[matmul_name]["gflops"] = float(matmul_flops / np.median(matmul_ms) / 1e6)
+    for name, f in figures.items():
+      flops = step_flops(name, useful)
+      if flops is not None:
+        f["useful_gflops"] = float(flops / f["median_ms"] / 1e6)
+        f["useful_fraction_of_matmul"] = fraction_of_matmul(
+            f["ms"], matmul_ms, flops=flops, matmul_flops=matmul_flops)
   out = {"device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
          "model": _MODEL.value, "torch_threads": threads,
          "steps_per_entry": _ROUNDS.value * (2 + _CALLS.value), "entries": figures}
@@ -296,8 +365,13 @@ def main(argv):
       difference = f"{f['loss_relative_difference']:.1e}"
     elif name.startswith("population_"):
       difference = f"per replica {f['per_replica_cost_ratio']:.3f} of population_1"
+    elif name.startswith("matmul_"):
+      difference = f"{f['gflops']:.0f} GFLOP/s"
     else:
       difference = "other init"
+    if "useful_fraction_of_matmul" in f:
+      difference += (f"; useful {f['useful_gflops']:.0f} GFLOP/s, "
+                     f"{f['useful_fraction_of_matmul']:.2f} of the matmul's, paired")
     print(f"| {name} | {f['median_ms']:.1f} | {f['min_ms']:.1f} | "
           f"{f['paired_ratio_to_first']:.3f} | {f['compile_s']:.1f} | {difference} |")
   if _JSON.value:

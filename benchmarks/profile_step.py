@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from untapped_jax import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 from untapped_jax import objective  # pylint: disable=g-import-not-at-top,wrong-import-position
 from untapped_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from untapped_jax import train_state  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -43,6 +44,7 @@ STEPS = 10
 
 def main(argv):
   del argv
+  host_memory.keep_freed_memory()  # as the package's entry points, before JAX's threads
   config = throughput.bench_config(_MODEL.value, unlabeled_batch=_UNLABELED.value, tiny=False,
                                    compute_dtype=_DTYPE.value,
                                    xla_cpu_ynnpack=_YNNPACK.value,

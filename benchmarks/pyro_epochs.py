@@ -36,6 +36,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from untapped_jax import host_memory
+
 _LABELS = flags.DEFINE_integer("labels", 3000, "Labeled images, balanced over the digits.")
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Epochs each.")
 _SEED = flags.DEFINE_integer("seed", 0, "Split, initialisation and data order of both.")
@@ -191,6 +193,7 @@ def pyro_peer(splits, seed: int, max_batches: int, batch_size: int = PYRO_BATCH)
 
 def main(argv):
   del argv
+  host_memory.keep_freed_memory()  # as the package's entry points, before JAX's threads
   if not _DATA_DIR.value:
     print("pyro_epochs: --data_dir or $UNTAPPED_DATA_DIR must name MNIST's IDX folder.",
           file=sys.stderr)

@@ -41,6 +41,8 @@ import time
 from absl import app
 from absl import flags
 
+from untapped_jax import host_memory
+
 _JSON = flags.DEFINE_bool("json", False, "End with one JSON line of the figures.")
 _TINY = flags.DEFINE_bool("tiny", False, "Tiny batches and steps (tests).")
 _UNLABELED = flags.DEFINE_integer("unlabeled_batch", 200, "Unlabeled images per step.")
@@ -274,6 +276,7 @@ def torch_available() -> bool:
 
 def main(argv):
   del argv
+  host_memory.keep_freed_memory()  # as the package's entry points, before JAX's threads
   from untapped_jax import models  # pylint: disable=g-import-not-at-top
   try:
     models.matmul_precision(_PRECISION.value)

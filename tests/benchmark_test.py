@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from real_mnist import DATA_DIR
@@ -54,7 +55,7 @@ def test_paired_steps_compiles_each_variant_and_trains_the_same_losses():
   script = [sys.executable, str(REPO / "benchmarks" / "paired_steps.py"), "--tiny", "--json",
             "--rounds=2", "--calls=2", "--notorch"]
   proc = subprocess.run(script + ["--variants=" + json.dumps(variants), "--replicas=1,2",
-                                  "--replicas_per_pass=2"],
+                                  "--replicas_per_pass=2", "--matmul", "--matmul_size=64"],
                         capture_output=True, text=True, timeout=600, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
   figures = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -75,6 +76,20 @@ def test_paired_steps_compiles_each_variant_and_trains_the_same_losses():
   # Eight Adam steps from one state on one batch: other kernels, the same maths.
   assert second["final_loss"] == pytest.approx(first["final_loss"], rel=1e-5)
   assert "| no_ynnpack |" in proc.stdout
+  # The 64 x 64 matmul took the same turns; each step's useful rate against it, round by
+  # round, from the step's FLOPs counted here by hand (--tiny: 4 labeled + 8 unlabeled
+  # images, hidden 32, z of 4; the decoder and the encoder's rest once per label).
+  matmul = figures["entries"]["matmul_64"]
+  assert len(matmul["ms"]) == 2 and matmul["gflops"] == pytest.approx(
+      2 * 64**3 / np.median(matmul["ms"]) / 1e6)
+  per_image = 784 * 32 + 32 * 10 + 784 * 32        # classifier, encoder's x half
+  per_pair = 10 * 32 + 32 * 8 + 14 * 32 + 32 * 784  # encoder's y half and tail, decoder
+  flops = 3 * 2 * (4 * (per_image + per_pair) + 8 * (per_image + 10 * per_pair))
+  for name, replicas in [("no_ynnpack", 1), ("population_2", 2)]:
+    entry = figures["entries"][name]
+    rates = replicas * flops / np.asarray(entry["ms"]) / (2 * 64**3 / np.asarray(matmul["ms"]))
+    assert entry["useful_fraction_of_matmul"] == pytest.approx(np.median(rates))
+  assert "useful_fraction_of_matmul" not in matmul and "| matmul_64 |" in proc.stdout
   # An option XLA does not know: one line naming the variant, exit 2, no table.
   refused = {"xla_default": {}, "refused": {"xla_cpu_no_such_option": "1"}}
   proc = subprocess.run(script + ["--variants=" + json.dumps(refused)], capture_output=True,

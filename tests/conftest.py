@@ -15,6 +15,8 @@ import os
 import jax
 import pytest
 
+from untapped_jax import host_memory
+
 # XLA's CPU backend at optimisation level 1: most of the suite's time is compiling many
 # small programs once each, not running them. Level 0 (no LLVM optimisation) compiled a
 # little faster but ran LLVM-emitted code 2-8x slower (the logistic-regression evaluator
@@ -30,6 +32,8 @@ def pytest_configure(config):
   """Before collection imports anything that starts XLA; subprocesses inherit it.
   UNTAPPED_TEST_XLA_FLAGS=default keeps XLA's own optimisation level."""
   del config
+  # As the entry points: XLA:CPU's per-execution buffers reused, not mapped anew.
+  host_memory.keep_freed_memory()
   if os.environ.get("UNTAPPED_TEST_XLA_FLAGS", "") != "default":
     flags = os.environ.get("XLA_FLAGS", "")
     if TEST_XLA_FLAGS not in flags:

@@ -8,6 +8,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from untapped_jax import compilation_cache
+from untapped_jax import host_memory
 from untapped_jax import launch
 from untapped_jax import train
 
@@ -24,6 +25,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  host_memory.keep_freed_memory()  # before JAX starts its threads
   compilation_cache.enable()
   launch.initialize_distributed()
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, eval_only=_EVAL_ONLY.value)

@@ -258,6 +258,8 @@ def main(argv):
   points = load_points(f["config"].config_filename)
   if not f.report_only:
     from untapped_jax import compilation_cache  # pylint: disable=g-import-not-at-top
+    from untapped_jax import host_memory  # pylint: disable=g-import-not-at-top
+    host_memory.keep_freed_memory()  # before JAX starts its threads
     compilation_cache.enable()
     launch.initialize_distributed()
     run_points(f.config, points, f.workdir, shard=f.shard, num_shards=f.num_shards,
