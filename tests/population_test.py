@@ -114,12 +114,13 @@ def stepped(configs, *, per_pass, images, batches):
 
 
 @pytest.mark.slow
-def test_replicas_per_pass_steps_each_replica_as_a_lone_run():
+def test_replicas_per_pass_steps_each_replica_as_a_lone_run(monkeypatch):
   """Three replicas (seeds, learning rates, classification weights) stepped two at a time
-  (a scan over a vmapped pass of two, then the remainder of one) each end where the
-  replica stepped alone ends, on MNIST images. (One at a time, the CPU's default: the
-  end-to-end tests above; all at once, one vmap: the sharding test's two devices and
-  benchmark_test's paired populations.)"""
+  (a scan over a vmapped pass of two, then the remainder of one), and one at a time both
+  written out in the step (the CPU's default) and scanned (past
+  MAX_REPLICAS_WRITTEN_OUT), each end where the replica stepped alone ends, on MNIST
+  images. (All at once, one vmap: the sharding test's two devices and benchmark_test's
+  paired populations.)"""
   overrides = [{"seed": 0}, {"seed": 1, "train.learning_rate": 3e-3},
                {"seed": 2, "objective.classification_weight": 1.0}]
   configs = [tiny_config(**o) for o in overrides]
@@ -138,10 +139,15 @@ def test_replicas_per_pass_steps_each_replica_as_a_lone_run():
   alone = [stepped([c], per_pass=0, images=images,
                    batches=[jax.tree.map(lambda a, i=i: a[i:i + 1], b) for b in batches])
            for i, c in enumerate(configs)]
-  together = stepped(configs, per_pass=2, images=images, batches=batches)
-  for i, lone in enumerate(alone):
-    for x, y in zip(jax.tree.leaves(train_state.unstack(together, i)), jax.tree.leaves(lone)):
-      np.testing.assert_allclose(x, y[0], rtol=1e-4, atol=2e-5)
+  in_pairs = stepped(configs, per_pass=2, images=images, batches=batches)
+  written_out = stepped(configs, per_pass=1, images=images, batches=batches)
+  monkeypatch.setattr(train, "MAX_REPLICAS_WRITTEN_OUT", 2)
+  scanned = stepped(configs, per_pass=1, images=images, batches=batches)
+  for together in (in_pairs, written_out, scanned):
+    for i, lone in enumerate(alone):
+      for x, y in zip(jax.tree.leaves(train_state.unstack(together, i)),
+                      jax.tree.leaves(lone)):
+        np.testing.assert_allclose(x, y[0], rtol=1e-4, atol=2e-5)
   with pytest.raises(ValueError, match=r"train\.replicas_per_pass=-1; expected 0"):
     population_lib.replicas_per_pass(-1)
 

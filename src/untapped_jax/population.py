@@ -38,8 +38,8 @@ def replicas_per_pass(setting: int) -> int:
   """How many replicas the step computes gradients for at once (train.replicas_per_pass):
   `setting` when positive; 0 chooses one at a time on a lone CPU device, where a vmapped
   population's activations outgrow the caches a lone run's fit in (8 replicas vmapped
-  cost 1.12x a lone run per replica, one at a time 0.85x: docs/benchmarks.md), and all
-  at once elsewhere (0), where the vmap is what makes a population cheap."""
+  cost 1.12x a lone run per replica, one at a time 0.85-0.96x: docs/benchmarks.md), and
+  all at once elsewhere (0), where the vmap is what makes a population cheap."""
   if check_replicas_per_pass(setting):
     return setting
   return 1 if jax.default_backend() == "cpu" and jax.device_count() == 1 else 0

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, Sequence
 from absl import logging
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -52,6 +53,11 @@ from untapped_jax.data import streams as streams_lib
 from untapped_jax.evaluate import heldout
 from untapped_jax.evaluate import generation
 from untapped_jax.evaluate import suite
+
+# A population computed one replica at a time writes out at most this many replicas'
+# gradients in the step (its compile time grows with them: 26 s against 9 s for a lone
+# run's at S = 8 on the 2-core Xeon); more are scanned.
+MAX_REPLICAS_WRITTEN_OUT = 8
 
 
 def binarize_batch(batch, rng, *, mode: str):
@@ -101,11 +107,20 @@ def make_train_step(config, graphdef: nnx.GraphDef, tx: optax.GradientTransforma
       grads, rng, metrics = replica_gradients(only(state), only(batch), only(numbers), images)
       grads, rng, metrics = jax.tree.map(lambda a: a[None], (grads, rng, metrics))
     elif 0 < per_pass < _population_size(state):
-      # Replicas in passes of `per_pass` (a scan), so that each pass's activations stay
-      # in the caches a lone run's fit in; one at a time they skip the vmap, as above.
+      # Replicas in passes of `per_pass`, so that each pass's activations stay in the
+      # caches a lone run's fit in; one at a time they skip the vmap, as above.
       one = lambda args: replica_gradients(*args, images)
-      grads, rng, metrics = jax.lax.map(one, (state, batch, numbers),
-                                        batch_size=None if per_pass == 1 else per_pass)
+      size = _population_size(state)
+      if per_pass == 1 and size <= MAX_REPLICAS_WRITTEN_OUT:
+        # Written out rather than scanned: per replica against a lone run, a scan cost
+        # 1.04-1.06 at S = 4 and 0.988 at S = 8, written out 0.995 and 0.957
+        # (docs/benchmarks.md).
+        grads, rng, metrics = jax.tree.map(lambda *a: jnp.stack(a), *[
+            one(jax.tree.map(lambda a, i=i: a[i], (state, batch, numbers)))
+            for i in range(size)])
+      else:
+        grads, rng, metrics = jax.lax.map(one, (state, batch, numbers),
+                                          batch_size=None if per_pass == 1 else per_pass)
     else:
       grads, rng, metrics = jax.vmap(replica_gradients, in_axes=(0, 0, 0, None))(
           state, batch, numbers, images)
