@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from untapped_jax import host_memory
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PAGE = 4096
 
@@ -52,3 +54,13 @@ def test_page_faults_refuses_bad_counts():
                          "--pairs=0"], capture_output=True, text=True, timeout=120, cwd=REPO)
   assert proc.returncode == 2 and "| kept |" not in proc.stdout
   assert "--pairs=0" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_the_variable_turns_it_off_or_names_a_bad_value(monkeypatch):
+  # Neither call reaches mallopt: off returns first, a bad value raises first.
+  monkeypatch.setenv(host_memory.ENV_VAR, "OFF")
+  assert host_memory.keep_freed_memory() is False
+  monkeypatch.setenv(host_memory.ENV_VAR, "sometimes")
+  with pytest.raises(ValueError, match=r"UNTAPPED_KEEP_HOST_MEMORY='sometimes'; expected "
+                     r"'on' \(the default\) or 'off'"):
+    host_memory.keep_freed_memory()

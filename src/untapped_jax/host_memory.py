@@ -2,7 +2,7 @@
 
 XLA:CPU takes each execution's temporary buffer from malloc and frees it when the
 execution ends: 49 MB for an M2 train step at 100 labeled + 200 unlabeled images, 110 MB
-at jonemeth's 1 + 499. glibc serves a block that large with a fresh mmap (above its mmap
+at jonemeth's 1 + 499 (124 MB for two replicas). glibc serves a block that large with a fresh mmap (above its mmap
 threshold, or above the 64 MB heap of the worker thread's own arena) and unmaps it on
 free, so every step the kernel maps the buffer again and zero-fills every page the step
 touches: 12,500 page faults and 25-35 ms of system time per M2 step at the first batch,
@@ -24,6 +24,7 @@ import os
 import platform
 
 ENV_VAR = "UNTAPPED_KEEP_HOST_MEMORY"
+ON = ("", "on", "1", "true")
 OFF = ("off", "0", "false", "none")
 
 # mallopt's parameters (glibc's malloc.h) and their values here: one arena, and no block
@@ -34,9 +35,13 @@ _SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, 2**31 - 1), (_M_TRIM_THRESHO
 
 def keep_freed_memory() -> bool:
   """Sets glibc's malloc as the module doc says; True where it took every setting, False
-  where it is off (UNTAPPED_KEEP_HOST_MEMORY) or the C library is not glibc."""
-  if os.environ.get(ENV_VAR, "").lower() in OFF:
+  where it is off (UNTAPPED_KEEP_HOST_MEMORY) or the C library is not glibc. Any other
+  value of the variable is a ValueError naming it, raised before anything is set."""
+  setting = os.environ.get(ENV_VAR, "")
+  if setting.lower() in OFF:
     return False
+  if setting.lower() not in ON:
+    raise ValueError(f"{ENV_VAR}={setting!r}; expected 'on' (the default) or 'off'.")
   if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
     return False
   libc = ctypes.CDLL(None)  # the symbols of the running process, glibc's among them
