@@ -1,13 +1,13 @@
 r"""The train step with and without host_memory.keep_freed_memory, process against process.
 
-  python benchmarks/page_faults.py [--pairs 5] [--steps 30] [--unlabeled_batch 200]
-      [--labeled_batch 1] [--replicas 2] [--json]
+  python benchmarks/page_faults.py [--pairs 5] [--steps 30] [--warmup 20]
+      [--unlabeled_batch 200] [--labeled_batch 1] [--replicas 2] [--json]
 
 glibc's malloc settings hold for a whole process, so each figure comes from its own:
 --pairs times, one process as the package's entry points run (keep_freed_memory) and
 one with UNTAPPED_KEEP_HOST_MEMORY=off (glibc's defaults), in turns. Each builds the
 package's M2 train step (throughput.py's synthetic batch, S replicas), compiles it,
-takes 3 untimed steps and then --steps timed ones, and reports per step: wall ms, user
+takes --warmup untimed steps and then --steps timed ones, and reports per step: wall ms, user
 and system CPU ms, minor page faults, and the process's peak resident memory. The
 parent prints the medians and the paired ratio of wall time, kept / defaults, pair by
 pair. Timings only; nothing here asserts a speed.
@@ -32,6 +32,7 @@ from untapped_jax import host_memory  # pylint: disable=g-import-not-at-top,wron
 
 _PAIRS = flags.DEFINE_integer("pairs", 5, "Pairs of processes (kept, defaults), in turns.")
 _REPLICAS = flags.DEFINE_integer("replicas", 1, "Replicas S of the step.")
+_WARMUP = flags.DEFINE_integer("warmup", 20, "Untimed steps after compilation.")
 _CHILD = flags.DEFINE_bool("child", False, "Internal: measure in this process, print JSON.")
 # --unlabeled_batch, --labeled_batch, --steps, --tiny and --json are throughput.py's flags.
 _UNLABELED, _LABELED, _STEPS, _TINY, _JSON = (
@@ -48,7 +49,7 @@ def measure_here() -> dict:
       "m2", _REPLICAS.value, unlabeled_batch=_UNLABELED.value, labeled_batch=_LABELED.value,
       tiny=_TINY.value)
   temp_bytes = step.lower(state, *inputs).compile().memory_analysis().temp_size_in_bytes
-  for _ in range(3):
+  for _ in range(_WARMUP.value):
     state, metrics = step(state, *inputs)
   jax.block_until_ready(metrics)
   before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -71,7 +72,8 @@ def run_child(setting: str) -> dict:
     env[host_memory.ENV_VAR] = "off"
   cmd = [sys.executable, os.path.abspath(__file__), "--child",
          f"--unlabeled_batch={_UNLABELED.value}", f"--labeled_batch={_LABELED.value}",
-         f"--steps={_STEPS.value}", f"--replicas={_REPLICAS.value}", f"--tiny={_TINY.value}"]
+         f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}", f"--replicas={_REPLICAS.value}",
+         f"--tiny={_TINY.value}"]
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
   if proc.returncode:
     raise RuntimeError(f"page_faults: the {setting} process failed:\n{proc.stderr[-2000:]}")
@@ -83,9 +85,10 @@ def main(argv):
   if _CHILD.value:
     print(json.dumps(measure_here()))
     return
-  if _PAIRS.value < 1 or _STEPS.value < 1 or _REPLICAS.value < 1:
+  if _PAIRS.value < 1 or _STEPS.value < 1 or _REPLICAS.value < 1 or _WARMUP.value < 0:
     print(f"page_faults: --pairs={_PAIRS.value} --steps={_STEPS.value} "
-          f"--replicas={_REPLICAS.value}: expected positive integers.", file=sys.stderr)
+          f"--replicas={_REPLICAS.value} --warmup={_WARMUP.value}: expected positive "
+          "integers (--warmup: zero or more).", file=sys.stderr)
     sys.exit(2)
   import numpy as np  # pylint: disable=g-import-not-at-top
   runs = {setting: [] for setting in SETTINGS}
@@ -95,7 +98,7 @@ def main(argv):
   median = lambda setting, key: float(np.median([r[key] for r in runs[setting]]))
   keys = ("ms", "user_ms", "system_ms", "minor_faults", "peak_rss_mb")
   out = {"replicas": _REPLICAS.value, "unlabeled_batch": _UNLABELED.value,
-         "labeled_batch": _LABELED.value, "steps": _STEPS.value,
+         "labeled_batch": _LABELED.value, "steps": _STEPS.value, "warmup": _WARMUP.value,
          "temp_mb": runs["kept"][0]["temp_mb"],
          "kept_took_effect": all(r["kept"] for r in runs["kept"]),
          "medians": {s: {k: median(s, k) for k in keys} for s in SETTINGS},
@@ -103,7 +106,8 @@ def main(argv):
              runs["kept"], runs["defaults"])])),
          "runs": runs}
   print(f"M2 step, {_REPLICAS.value} replica(s), {out['temp_mb']:.1f} MB of temporary "
-        f"buffer; medians of {_PAIRS.value} processes each, {_STEPS.value} steps each")
+        f"buffer; medians of {_PAIRS.value} processes each, {_STEPS.value} steps each after "
+        f"{_WARMUP.value} untimed")
   print("| glibc malloc | ms / step | user ms | system ms | minor page faults | "
         "peak RSS MB |\n|---|---|---|---|---|---|")
   for s in SETTINGS:

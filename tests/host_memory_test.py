@@ -30,7 +30,7 @@ def _huge_pages_always() -> bool:
                     reason="glibc's malloc only")
 def test_kept_memory_spares_each_step_its_page_faults():
   proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "page_faults.py"),
-                         "--pairs=1", "--steps=3", "--json"],
+                         "--pairs=1", "--warmup=20", "--steps=15", "--json"],
                         capture_output=True, text=True, timeout=600, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
   figures = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -39,9 +39,9 @@ def test_kept_memory_spares_each_step_its_page_faults():
   # The default batches' step needs a temporary buffer past glibc's 32 MB mmap ceiling.
   pages = figures["temp_mb"] * 2**20 / PAGE
   assert figures["temp_mb"] > 32
-  # Kept: the step reuses last step's pages; what still faults (0-10% of the buffer's
-  # pages in the runs of docs/benchmarks.md) is the heap's other traffic.
-  assert kept["minor_faults"] < 0.2 * pages
+  # Kept: the step reuses last step's pages. What still faults is the heap growing by a
+  # buffer's worth now and then (once or twice in 15 steps after the warm-up, at most).
+  assert kept["minor_faults"] < 0.25 * pages
   if not _huge_pages_always():  # 2 MB pages would fault 512 times less either way
     # glibc's defaults: the buffer is mapped anew each step, most of its pages fault.
     assert defaults["minor_faults"] > 0.5 * pages
