@@ -280,6 +280,11 @@ def main(argv):
   host_memory.keep_freed_memory()  # as the package's entry points, before JAX's threads
   import jax  # pylint: disable=g-import-not-at-top
   try:
+    if _MATMUL.value and _MODEL.value != "m2":
+      raise ValueError(f"--matmul with --model={_MODEL.value}: the useful FLOPs are counted "
+                       "for M2's step only; use --model=m2.")
+    if _MATMUL.value and _MATMUL_SIZE.value < 1:
+      raise ValueError(f"--matmul_size={_MATMUL_SIZE.value}: expected a positive side.")
     variants = parse_variants(_VARIANTS.value)
     sizes = parse_replicas(_REPLICAS.value)
     per_pass = parse_per_pass(_PER_PASS.value)
@@ -298,11 +303,6 @@ def main(argv):
                                       labeled_batch=_LABELED.value, tiny=_TINY.value)
       runners.update(more)
       compile_s.update(more_s)
-    if _MATMUL.value and _MODEL.value != "m2":
-      raise ValueError(f"--matmul with --model={_MODEL.value}: the useful FLOPs are counted "
-                       "for M2's step only; use --model=m2.")
-    if _MATMUL.value and _MATMUL_SIZE.value < 1:
-      raise ValueError(f"--matmul_size={_MATMUL_SIZE.value}: expected a positive side.")
   except ValueError as e:
     print(f"paired_steps: {e}", file=sys.stderr)
     sys.exit(2)
