@@ -239,3 +239,51 @@ def test_dot_rates_times_every_form_of_the_three_products():
   assert len(rates) == 10 and all(r > 0 for r in rates.values())
   assert "weight gradient hᵀ g / float32 result, hᵀ physical" in rates
   assert sum(line.startswith(("| forward", "| input", "| weight")) for line in lines) == 3
+
+
+@pytest.mark.slow
+def test_population_processes_runs_one_population_against_its_seeds_one_by_one():
+  # The smallest real comparison: a population of two against two runs, 2 steps each.
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "population_processes.py"), "--json",
+       "--config=experiments/configs/m2_benchmark.py:labels=100,runlocal", "--seeds=2",
+       "--steps=2", "--pairs=1", "--warmup_pairs=0", f"--set=data.dir={DATA_DIR}"],
+      capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  figures = json.loads(proc.stdout.strip().splitlines()[-1])
+  (pair,) = figures["pairs"]
+  assert pair["population"]["processes"] == 1 and pair["separate"]["processes"] == 2
+  for side in ("population", "separate"):
+    # Each side ran whole training processes: JAX, MNIST and a compiled step, not a stub.
+    assert pair[side]["peak_rss_mb"] > 200, side
+    assert 0 < pair[side]["cpu_s"] and 0 < pair[side]["wall_s"], side
+  for figure, ratio in figures["paired_ratio"].items():
+    assert ratio == pytest.approx(pair["population"][figure] / pair["separate"][figure])
+  assert "| one process, num_seeds=S |" in proc.stdout
+
+
+@pytest.mark.parametrize("flags,named", [(["--seeds=1"], "--seeds=1"),
+                                         (["--steps=0", "--pairs=0"], "--steps=0 --pairs=0"),
+                                         (["--set=train.eval_every"], "train.eval_every")])
+def test_population_processes_names_bad_flags_and_runs_nothing(flags, named):
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "population_processes.py"), *flags],
+      capture_output=True, text=True, timeout=120, cwd=REPO)
+  assert proc.returncode == 2 and "| one process" not in proc.stdout
+  assert named in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_population_processes_names_a_run_that_fails(tmp_path):
+  # A bad override reaches the first training process, which exits 2; the comparison stops
+  # with one line naming it, and nothing of its workdirs is left.
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "population_processes.py"),
+       "--config=experiments/configs/m2_benchmark.py:labels=100,runlocal", "--steps=1",
+       "--pairs=1", "--warmup_pairs=0", "--set=model.latent_dim=-3"],
+      capture_output=True, text=True, timeout=300, cwd=REPO,
+      env=dict(os.environ, TMPDIR=str(tmp_path)))
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert "exited with 2" in last and "model.latent_dim=-3" in last
+  assert list(tmp_path.iterdir()) == []
