@@ -5,6 +5,8 @@ killed and resumed in other processes against an uninterrupted one) and populati
 (a population stopped and resumed in process)."""
 
 import json
+import resource
+import sys
 
 import pytest
 
@@ -60,3 +62,8 @@ def test_short_training_run_learns_to_classify(tmp_path):
   assert (timing["startup_s"] + timing["train_wall_s"] + timing["final_evaluation_s"]
           <= timing["process_s"] + 1e-6)
   assert timing["first_step_s"] > (timing["train_wall_s"] - timing["first_step_s"]) / 399
+  # The process's peak resident memory, in MiB: JAX, MNIST and the step's buffers, at
+  # most this test process's own peak now (the run was in it), read by the test itself.
+  own_peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (
+      2**20 if sys.platform == "darwin" else 2**10)
+  assert 200 < timing["peak_rss_mb"] <= own_peak_mib

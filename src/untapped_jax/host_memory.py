@@ -22,6 +22,8 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import resource
+import sys
 
 ENV_VAR = "UNTAPPED_KEEP_HOST_MEMORY"
 ON = ("", "on", "1", "true")
@@ -46,3 +48,12 @@ def keep_freed_memory() -> bool:
     return False
   libc = ctypes.CDLL(None)  # the symbols of the running process, glibc's among them
   return all(libc.mallopt(option, value) == 1 for option, value in _SETTINGS)
+
+
+def peak_resident_mb() -> float:
+  """This process's peak resident memory so far, in MiB (getrusage's ru_maxrss: KiB on
+  Linux, bytes on macOS). With freed memory kept it is the heap's high-water mark, about
+  1 GB more than glibc's defaults give in a two-replica run at jonemeth's batch
+  (docs/benchmarks.md), so each run's timing.json records it."""
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return peak / 2**20 if sys.platform == "darwin" else peak / 2**10

@@ -32,6 +32,7 @@ import tqdm
 import untapped_jax
 from untapped_jax import compiler_options
 from untapped_jax import files
+from untapped_jax import host_memory
 from untapped_jax import launch
 from untapped_jax import metric_writer
 from untapped_jax import objective
@@ -242,13 +243,15 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
     raise unwritable from e
   timings = {r.workdir: {"num_steps": end.num_steps, "population_size": len(replicas),
                          "startup_s": startup_s, "first_step_s": end.first_step_s,
-                         "train_wall_s": r.writer.wall_s_before + end.wall_s}
+                         "train_wall_s": r.writer.wall_s_before + end.wall_s,
+                         "peak_rss_mb": host_memory.peak_resident_mb()}
              for r in replicas}
   _write_timing(replicas, timings)
   evaluation_start = time.time()
   population = _final_evaluation(s, end.state, end.best, num_steps=end.num_steps)
   ended = {"final_evaluation_s": time.time() - evaluation_start,
-           "process_s": time.time() - untapped_jax.IMPORTED_AT}
+           "process_s": time.time() - untapped_jax.IMPORTED_AT,
+           "peak_rss_mb": host_memory.peak_resident_mb()}
   _write_timing(replicas, {w: {**t, **ended} for w, t in timings.items()})
   return population
 
@@ -256,7 +259,8 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
 def _write_timing(replicas: Sequence[Replica], by_workdir: dict[str, dict[str, Any]]) -> None:
   """timing.json of each replica: this attempt's start-up (package import to the first
   step), its first step (compilation included), the training seconds over all attempts,
-  and, once results.json is written, the final evaluation and the whole process."""
+  and, once results.json is written, the final evaluation and the whole process; and the
+  process's peak resident memory so far (MiB; the whole population's, shared)."""
   if files.is_writer():
     for r in replicas:
       files.write_json(os.path.join(r.workdir, metric_writer.TIMING_FILE), by_workdir[r.workdir])
