@@ -62,7 +62,7 @@ def measure_here() -> dict:
           "user_ms": 1e3 * per_step(after.ru_utime, before.ru_utime),
           "system_ms": 1e3 * per_step(after.ru_stime, before.ru_stime),
           "minor_faults": per_step(after.ru_minflt, before.ru_minflt),
-          "peak_rss_mb": after.ru_maxrss / 1024, "temp_mb": temp_bytes / 2**20}
+          "peak_rss_mb": host_memory.rusage_peak_mb(after), "temp_mb": temp_bytes / 2**20}
 
 
 def run_child(setting: str) -> dict:

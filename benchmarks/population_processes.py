@@ -28,6 +28,8 @@ import time
 from absl import app
 from absl import flags
 
+from untapped_jax import host_memory
+
 _SEEDS = flags.DEFINE_integer("seeds", 4, "Seeds S: the population's size, and the number of "
                               "separate runs.")
 _STEPS = flags.DEFINE_integer("steps", 300, "train.num_steps of every run.")
@@ -65,7 +67,7 @@ def train_command(workdir: str, *overrides: str) -> list[str]:
 def run_processes(commands: list[list[str]]) -> dict:
   """Runs the commands one after another: their wall seconds, summed CPU seconds and the
   largest peak RSS (os.wait4's rusage of each). Raises naming a command that failed."""
-  wall, cpu, peak_kb = 0.0, 0.0, 0
+  wall, cpu, peak_mb = 0.0, 0.0, 0.0
   for cmd in commands:
     with tempfile.TemporaryFile() as err:
       start = time.perf_counter()
@@ -79,8 +81,8 @@ def run_processes(commands: list[list[str]]) -> dict:
         raise RuntimeError(f"population_processes: {' '.join(cmd)} exited with "
                            f"{proc.returncode}: {tail[0] if tail else '(no output)'}")
     cpu += usage.ru_utime + usage.ru_stime
-    peak_kb = max(peak_kb, usage.ru_maxrss)
-  return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak_kb / 1024,
+    peak_mb = max(peak_mb, host_memory.rusage_peak_mb(usage))
+  return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak_mb,
           "processes": len(commands)}
 
 

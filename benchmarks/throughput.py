@@ -33,7 +33,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -244,7 +243,7 @@ def measure(what: str, **kw) -> dict:
   else:  # jax_<model>_s<S>
     _, model_name, replicas = what.split("_")
     out = measure_jax(model_name, int(replicas[1:]), **kw)
-  out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  out["peak_rss_mb"] = host_memory.peak_resident_mb()
   import jax  # pylint: disable=g-import-not-at-top
   out["device"] = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
   if what.startswith("torch_"):

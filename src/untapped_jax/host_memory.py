@@ -51,9 +51,13 @@ def keep_freed_memory() -> bool:
 
 
 def peak_resident_mb() -> float:
-  """This process's peak resident memory so far, in MiB (getrusage's ru_maxrss: KiB on
-  Linux, bytes on macOS). With freed memory kept it is the heap's high-water mark, about
-  1 GB more than glibc's defaults give in a two-replica run at jonemeth's batch
-  (docs/benchmarks.md), so each run's timing.json records it."""
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+  """This process's peak resident memory so far, in MiB. With freed memory kept it is the
+  heap's high-water mark, about 1 GB more than glibc's defaults give in a two-replica run
+  at jonemeth's batch (docs/benchmarks.md), so each run's timing.json records it."""
+  return rusage_peak_mb(resource.getrusage(resource.RUSAGE_SELF))
+
+
+def rusage_peak_mb(usage: resource.struct_rusage) -> float:
+  """A getrusage / os.wait4 result's peak resident memory in MiB (ru_maxrss is KiB on
+  Linux, bytes on macOS)."""
+  return usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
